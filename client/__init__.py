@@ -1,0 +1,1 @@
+"""The ClientApp: local training under the mask, importance, evaluation."""

@@ -1,0 +1,301 @@
+"""The ClientApp: one handler per message type.
+
+=============================  ================================================
+message type                   what the node does
+=============================  ================================================
+``query.describe``             reports its partition id and data sizes
+``train``                      trains E steps under the mask, replies with the
+                               kept values (and importance when asked)
+``train.initial_pruning``      runs the method's initial pruning on its data,
+                               replies with the kept values and the new mask
+``evaluate``                   evaluates the model on its held-out split
+=============================  ================================================
+
+Every setting of a round arrives in the message (see :class:`common.task.TaskSpec`);
+the SuperNode's ``--node-config`` gives ``partition-id``, ``num-partitions`` and
+optionally ``data-dir``. A message the node cannot use gets an error reply that
+says why; the node itself never crashes on one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from common import keys
+from common.cost_model import CostModel
+from common.data import DATASETS, ClientSplit, DatasetSource, client_split
+from common.initial_data import initial_data_for
+from common.layout import ModelLayout
+from common.models import build_model
+from common.pruning import METHODS, MethodEnv, PruningMethod
+from common.settings import ConfigError
+from common.task import TaskSpec
+from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss, train_locally
+from common.wire import WireError
+from common.wire.codec import ModelPayload, decode_payload, encode_payload
+
+from .node_state import NodeState, StaleMaskError
+
+THREADS_ENV = "FEDPRUNE_CLIENT_THREADS"
+ERROR_CODE = 1
+logger = logging.getLogger("fedprune.client")
+
+app = ClientApp()
+
+
+class BadMessage(ValueError):
+    """A message this node cannot act on."""
+
+
+@dataclass
+class Job:
+    """Everything a handler needs, built from one message and the node's context."""
+
+    spec: TaskSpec
+    partition_id: int
+    num_partitions: int
+    data: ClientSplit
+    source: DatasetSource
+    model: nn.Module
+    layout: ModelLayout
+    state: NodeState
+
+
+def _node_int(context: Context, key: str) -> int:
+    value = context.node_config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadMessage(f"node config '{key}' = {value!r} must be an integer (set it with --node-config)")
+    return value
+
+
+def _configure_threads() -> None:
+    threads = os.environ.get(THREADS_ENV)
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
+def prepare(message: Message, context: Context) -> Job:
+    """Parse the task, load this node's data and build the model."""
+    _configure_threads()
+    if keys.CONFIG not in message.content.config_records:
+        raise BadMessage("the message has no config record")
+    spec = TaskSpec.from_message_config(message.content.config_records[keys.CONFIG])
+    if spec.dataset not in DATASETS:
+        raise BadMessage(f"unknown dataset {spec.dataset!r}")
+    partition_id = _node_int(context, keys.NODE_PARTITION_ID)
+    num_partitions = _node_int(context, keys.NODE_NUM_PARTITIONS)
+    data_dir = context.node_config.get(keys.NODE_DATA_DIR) or spec.data_dir
+    source = DATASETS[spec.dataset]
+    data = client_split(
+        spec.dataset,
+        Path(str(data_dir)) if data_dir else None,
+        num_partitions,
+        partition_id,
+        spec.partitioning,
+        spec.alpha,
+        spec.partition_seed,
+        spec.client_test_fraction,
+    )
+    model = build_model(spec.model, source.num_classes, source.input_shape)
+    layout = ModelLayout.from_model(model)
+    if spec.layout and spec.layout != layout.fingerprint:
+        raise BadMessage(
+            f"model layout {spec.layout} differs from this node's {layout.fingerprint} "
+            f"for model {spec.model!r}: server and node run different code"
+        )
+    return Job(spec, partition_id, num_partitions, data, source, model, layout, NodeState(context, layout))
+
+
+def load_model(job: Job, record: ArrayRecord) -> np.ndarray:
+    """Decode the model into ``job.model`` and return the mask in force."""
+    mask = job.state.resolve_mask(record, job.spec.mask_version)
+    payload = decode_payload(record, job.layout, mask)
+    floats = np.zeros(job.layout.num_floats, dtype=np.float32)
+    floats[mask] = payload.values
+    load_flat(job.model, job.layout, floats, payload.counters)
+    return mask
+
+
+def _arrays(message: Message) -> ArrayRecord:
+    if keys.ARRAYS not in message.content.array_records:
+        raise BadMessage("the message carries no model")
+    return message.content.array_records[keys.ARRAYS]
+
+
+def _batch_seed(spec: TaskSpec, partition_id: int) -> int:
+    return int(np.random.SeedSequence([spec.seed, spec.server_round, partition_id]).generate_state(1)[0])
+
+
+def _handled(handler: Callable[[Message, Context], RecordDict]) -> Callable[[Message, Context], Message]:
+    """Run ``handler``; turn any failure into an error reply that says what went wrong."""
+
+    def wrapper(message: Message, context: Context) -> Message:
+        try:
+            return Message(handler(message, context), reply_to=message)
+        except StaleMaskError as exc:
+            reason = f"stale-mask: {exc}"
+        except (BadMessage, ConfigError, WireError) as exc:
+            reason = f"bad message: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a node must answer, whatever happened
+            logger.exception("handler %s failed", handler.__name__)
+            reason = f"{type(exc).__name__}: {exc}"
+        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=message)
+
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+@app.query("describe")
+@_handled
+def describe(message: Message, context: Context) -> RecordDict:
+    job = prepare(message, context)
+    return RecordDict(
+        {
+            keys.METRICS: MetricRecord(
+                {
+                    keys.PARTITION_ID: job.partition_id,
+                    keys.NUM_PARTITIONS: job.num_partitions,
+                    keys.TRAIN_SIZE: len(job.data.train),
+                    keys.TEST_SIZE: len(job.data.test),
+                }
+            )
+        }
+    )
+
+
+def _config_int(config: ConfigRecord, key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadMessage(f"config '{key}' = {value!r} must be an integer >= 1")
+    return value
+
+
+def _method(job: Job, config: ConfigRecord) -> PruningMethod:
+    name = str(config.get("method", job.spec.method))
+    if name not in METHODS:
+        raise BadMessage(f"unknown pruning method {name!r}")
+    method_class = METHODS[name]
+    env = MethodEnv(
+        job.layout,
+        num_rounds=0,
+        local_steps=job.spec.local_steps,
+        full_participation=False,
+        seed=job.spec.seed,
+    )
+    return method_class(method_class.Settings.from_flat(config), env)
+
+
+@app.train()
+@_handled
+def train(message: Message, context: Context) -> RecordDict:
+    started = time.monotonic()
+    job = prepare(message, context)
+    spec, layout = job.spec, job.layout
+    mask = load_model(job, _arrays(message))
+    config = message.content.config_records[keys.CONFIG]
+    client_config = {k.removeprefix("method."): v for k, v in config.items() if k.startswith("method.")}
+    hooks = _method(job, config).training_hooks(client_config)
+    statistic = GradientStatistic.NONE if spec.importance == "off" else GradientStatistic.SUM
+    result = train_locally(
+        job.model,
+        layout,
+        mask,
+        job.data.train.batches(spec.batch_size, _batch_seed(spec, job.partition_id)),
+        spec.local_steps,
+        SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
+        make_loss(spec.loss, job.source.num_classes),
+        statistic,
+        hooks=hooks,
+    )
+    upload = None
+    if result.statistic is not None:
+        positions = (
+            layout.pruned_positions(mask) if spec.importance_scope == "pruned" else layout.parameter_positions
+        )
+        gradient_sum = result.statistic[positions].astype(np.float64)
+        importance = (result.samples * gradient_sum * gradient_sum).astype(np.float32)
+        if spec.importance == "accumulate":
+            job.state.add_importance(importance, spec.mask_version)
+        else:
+            upload = job.state.take_importance(importance, spec.mask_version)
+    floats, ints = layout.flatten(job.model.state_dict())
+    weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
+    return RecordDict(
+        {
+            keys.ARRAYS: encode_payload(ModelPayload(floats[mask], ints, importance=upload)),
+            keys.METRICS: MetricRecord(
+                {
+                    keys.NUM_EXAMPLES: weight,
+                    keys.SAMPLES_PROCESSED: result.samples,
+                    keys.TRAIN_LOSS: result.mean_loss,
+                    keys.MASK_VERSION: spec.mask_version,
+                    keys.CLIENT_SECONDS: time.monotonic() - started,
+                }
+            ),
+        }
+    )
+
+
+@app.train("initial_pruning")
+@_handled
+def initial_pruning(message: Message, context: Context) -> RecordDict:
+    job = prepare(message, context)
+    mask = load_model(job, _arrays(message))
+    config = message.content.config_records[keys.CONFIG]
+    method = _method(job, config)
+    try:
+        cost = CostModel.from_config(config, len(job.layout.prunable))
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from exc
+    floats, ints = job.layout.flatten(job.model.state_dict())
+    data = initial_data_for(
+        job.spec,
+        job.num_partitions,
+        job.partition_id,
+        floats,
+        ints,
+        _config_int(config, "ip-batches"),
+        _config_int(config, "ip-batch-size"),
+        cost,
+    )
+    result = method.initial_mask(floats, mask, data)
+    new_floats = result.floats if result.floats is not None else floats
+    changed = not np.array_equal(result.mask, mask)
+    job.state.store_mask(result.mask, job.spec.mask_version + int(changed))
+    info = ConfigRecord({"iterations": result.iterations})
+    for key, value in result.log.items():
+        info[key] = value
+    info.setdefault("modelled-seconds", 0.0)
+    payload = ModelPayload(new_floats[result.mask], ints, mask=job.layout.prunable_part(result.mask))
+    return RecordDict({keys.ARRAYS: encode_payload(payload), keys.CONFIG: info})
+
+
+@app.evaluate()
+@_handled
+def evaluate_model(message: Message, context: Context) -> RecordDict:
+    job = prepare(message, context)
+    load_model(job, _arrays(message))
+    result = evaluate(job.model, job.data.test, make_loss(job.spec.loss, job.source.num_classes))
+    return RecordDict(
+        {
+            keys.METRICS: MetricRecord(
+                {
+                    keys.NUM_EXAMPLES: result.samples,
+                    keys.EVAL_LOSS: result.loss,
+                    keys.EVAL_ACCURACY: result.accuracy,
+                    keys.MASK_VERSION: job.spec.mask_version,
+                }
+            )
+        }
+    )

@@ -1,0 +1,322 @@
+"""The run configuration: every key, its default and what is allowed.
+
+The defaults here are the embedded default run (10 clients on scikit-learn's
+digits with PruneFL); ``pyproject.toml``'s ``[tool.flwr.app.config]`` lists the
+same keys and values (a test keeps the two equal), and presets in
+``simulations/`` override only what differs. :meth:`AppConfig.from_flat` is the
+one place a flat mapping becomes typed settings; anything invalid raises
+:class:`~common.settings.ConfigError` before a client starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .data import DATASETS, PARTITIONINGS
+from .models import MODELS
+from .pruning import METHODS, MethodSettings, PruningMethod
+from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
+
+DATA_DIR_ENV = "FEDPRUNE_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class FederationSettings(Section):
+    PREFIX = "federation"
+
+    rounds: int = 40  # FL rounds after initial pruning
+    clients_per_round: int = 0  # 0: every connected client, every round
+    min_clients: int = 2  # fewest replies a round aggregates; also waited for at start
+    seed: int = 0
+    round_timeout: float = 600.0  # seconds to wait for a round's replies
+    connect_timeout: float = 300.0  # seconds to wait for min-clients nodes at start
+
+    def validate(self) -> None:
+        self.require("rounds", self.rounds >= 1, "an integer >= 1")
+        self.require("clients_per_round", self.clients_per_round >= 0, "an integer >= 0 (0 = all)")
+        self.require("min_clients", self.min_clients >= 1, "an integer >= 1")
+        self.require("seed", self.seed >= 0, "an integer >= 0")
+        self.require("round_timeout", self.round_timeout > 0, "a number of seconds > 0")
+        self.require("connect_timeout", self.connect_timeout > 0, "a number of seconds > 0")
+        if self.clients_per_round:
+            self.require(
+                "min_clients",
+                self.min_clients <= self.clients_per_round,
+                f"at most federation.clients-per-round ({self.clients_per_round})",
+            )
+
+
+@dataclass(frozen=True)
+class DataSettings(Section):
+    PREFIX = "data"
+
+    dataset: str = "digits"
+    dir: str = ""  # where data files live; "" = $FEDPRUNE_DATA_DIR
+    partitioning: str = "iid"
+    alpha: float = 0.5  # Dirichlet concentration (smaller = more skew)
+    client_test_fraction: float = 0.1  # share of each client's samples held out for its evaluation
+
+    def validate(self) -> None:
+        self.require("dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}")
+        self.require("partitioning", self.partitioning in PARTITIONINGS, f"one of {list(PARTITIONINGS)}")
+        self.require("alpha", self.alpha > 0, "a number > 0")
+        self.require("client_test_fraction", 0 <= self.client_test_fraction < 1, "a fraction in [0, 1)")
+
+    def resolved_dir(self) -> Path | None:
+        """The data folder: this key, else $FEDPRUNE_DATA_DIR, else none."""
+        text = self.dir or os.environ.get(DATA_DIR_ENV, "")
+        return Path(text).expanduser().resolve() if text else None
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    PREFIX = "model"
+
+    name: str = "digits-cnn"
+
+    def validate(self) -> None:
+        self.require("name", self.name in MODELS, f"one of {sorted(MODELS)}")
+
+
+@dataclass(frozen=True)
+class TrainSettings(Section):
+    PREFIX = "train"
+
+    lr: float = 0.05
+    lr_half_life: float = 0.0  # rounds for lr to halve; 0 = constant (PruneFL: 10000 on CIFAR-10)
+    local_steps: int = 10  # E, SGD steps per round (PruneFL: 5)
+    batch_size: int = 32  # (PruneFL: 20)
+    loss: Literal["cross-entropy", "bce-one-hot"] = "cross-entropy"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    weighting: Literal["samples-processed", "dataset-size"] = "samples-processed"
+
+    def validate(self) -> None:
+        self.require("lr", self.lr > 0, "a learning rate > 0")
+        self.require("lr_half_life", self.lr_half_life >= 0, "a number of rounds >= 0 (0 = constant)")
+        self.require("local_steps", self.local_steps >= 1, "an integer >= 1")
+        self.require("batch_size", self.batch_size >= 1, "an integer >= 1")
+        self.require("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        self.require("weight_decay", self.weight_decay >= 0, "a number >= 0")
+
+    def lr_at(self, server_round: int) -> float:
+        """lr * 0.5 ** (round / half-life), as PruneFL decays it."""
+        if self.lr_half_life == 0:
+            return self.lr
+        return self.lr * 0.5 ** (server_round / self.lr_half_life)
+
+
+@dataclass(frozen=True)
+class PruningSettings(Section):
+    PREFIX = "pruning"
+
+    method: str = "prunefl"
+
+    def validate(self) -> None:
+        self.require("method", self.method in METHODS, f"one of {sorted(METHODS)}")
+
+
+@dataclass(frozen=True)
+class CostSettings(Section):
+    PREFIX = "cost"
+
+    profile: str = "x86-2core-sandbox"  # a bundled profile name or a .toml path
+    link_bandwidth: float = 0.0  # bytes per second each way; 0 = the profile's
+
+    def validate(self) -> None:
+        self.require("profile", bool(self.profile), "a bundled profile name or a profile file")
+        self.require("link_bandwidth", self.link_bandwidth >= 0, "bytes per second >= 0 (0 = profile's)")
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Section):
+    PREFIX = "evaluate"
+
+    server: bool = True  # evaluate the global model on the server-held test set
+    client_fraction: float = 0.0  # share of clients asked to evaluate on their own test split
+    every: int = 1  # rounds between evaluations
+
+    def validate(self) -> None:
+        self.require("client_fraction", 0 <= self.client_fraction <= 1, "a fraction in [0, 1]")
+        self.require("every", self.every >= 1, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class OutputSettings(Section):
+    PREFIX = "output"
+
+    dir: str = "results"  # parent folder of the run's results folder
+    name: str = ""  # the run's folder name; "" = <time>-<method>-<dataset>
+
+    def validate(self) -> None:
+        self.require("dir", bool(self.dir), "a folder path")
+        self.require("name", "/" not in self.name and self.name not in (".", ".."), "a plain folder name")
+
+
+@dataclass(frozen=True)
+class SimulationSettings(Section):
+    PREFIX = "simulation"
+
+    num_clients: int = 10  # SuperNodes of `fedprune simulate` (flwr run: --federation-config)
+    client_cpus: float = 1.0  # Ray CPUs per client
+    client_threads: int = 1  # torch threads per client
+
+    def validate(self) -> None:
+        self.require("num_clients", self.num_clients >= 1, "an integer >= 1")
+        self.require("client_cpus", self.client_cpus > 0, "a number > 0")
+        self.require("client_threads", self.client_threads >= 1, "an integer >= 1")
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    FederationSettings,
+    DataSettings,
+    ModelSettings,
+    TrainSettings,
+    PruningSettings,
+    CostSettings,
+    EvaluateSettings,
+    OutputSettings,
+    SimulationSettings,
+)
+
+
+def known_keys() -> list[str]:
+    """Every key a configuration may set, the methods' own keys included."""
+    keys = [key for section in SECTIONS for key in section.keys()]
+    keys += [key for method in METHODS.values() for key in method.settings_keys()]
+    return keys
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole, validated run configuration."""
+
+    federation: FederationSettings
+    data: DataSettings
+    model: ModelSettings
+    train: TrainSettings
+    pruning: PruningSettings
+    method: MethodSettings
+    cost: CostSettings
+    evaluate: EvaluateSettings
+    output: OutputSettings
+    simulation: SimulationSettings
+
+    @property
+    def method_class(self) -> type[PruningMethod]:
+        return METHODS[self.pruning.method]
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, object]) -> AppConfig:
+        """Validate every key of ``flat`` and build the configuration.
+
+        Every registered method's table is parsed, so a typo in any of them is
+        caught, but only the selected method's settings are kept.
+        """
+        reject_unknown_keys(flat, known_keys())
+        for method in METHODS.values():
+            method.Settings.from_flat(flat)
+        pruning = PruningSettings.from_flat(flat)
+        config = cls(
+            federation=FederationSettings.from_flat(flat),
+            data=DataSettings.from_flat(flat),
+            model=ModelSettings.from_flat(flat),
+            train=TrainSettings.from_flat(flat),
+            pruning=pruning,
+            method=METHODS[pruning.method].Settings.from_flat(flat),
+            cost=CostSettings.from_flat(flat),
+            evaluate=EvaluateSettings.from_flat(flat),
+            output=OutputSettings.from_flat(flat),
+            simulation=SimulationSettings.from_flat(flat),
+        )
+        return config
+
+    def check_simulation(self) -> None:
+        """Checks against ``simulation.num-clients``, for runs that start their own clients."""
+        fed, sim = self.federation, self.simulation
+        if fed.min_clients > sim.num_clients:
+            raise ConfigError(
+                "federation.min-clients",
+                fed.min_clients,
+                f"at most simulation.num-clients ({sim.num_clients})",
+            )
+        ip_client = getattr(self.method, "ip_client", None)
+        if ip_client is not None and ip_client >= sim.num_clients:
+            raise ConfigError(
+                f"{self.method.PREFIX}.ip-client",
+                ip_client,
+                f"a partition id below simulation.num-clients ({sim.num_clients})",
+            )
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """The resolved configuration as flat keys (the selected method's only)."""
+        flat: dict[str, Scalar] = {}
+        for section in (
+            self.federation,
+            self.data,
+            self.model,
+            self.train,
+            self.pruning,
+            self.method,
+            self.cost,
+            self.evaluate,
+            self.output,
+            self.simulation,
+        ):
+            flat.update(section.to_flat())
+        return flat
+
+
+def default_flat() -> dict[str, Scalar]:
+    """Every key with its default value, every method's keys included."""
+    flat: dict[str, Scalar] = {}
+    for section in SECTIONS:
+        flat.update(section().to_flat())
+    for method in METHODS.values():
+        if method.settings_keys():
+            flat.update(method.Settings().to_flat())
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """Parse one ``key=value`` override; the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(
+            "--set", text, "an override of the form key=value, e.g. train.lr=0.05", what="option"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def read_preset(path: Path) -> dict[str, object]:
+    """Flat keys of a preset TOML file (nested tables or dotted keys)."""
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "an existing TOML file or preset name", what="option")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", str(path), f"a valid TOML file ({exc})", what="option") from exc
+    # A preset may also be a copy of pyproject.toml's [tool.flwr.app.config].
+    table = table.get("tool", {}).get("flwr", {}).get("app", {}).get("config", table)
+    return flatten(table)
+
+
+def load_config(preset: Path | None = None, overrides: list[str] | None = None) -> AppConfig:
+    """Defaults, then a preset file, then ``key=value`` overrides, validated once."""
+    flat: dict[str, object] = {}
+    if preset is not None:
+        flat.update(read_preset(preset))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        flat[key] = value
+    return AppConfig.from_flat(flat)

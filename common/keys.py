@@ -1,0 +1,31 @@
+"""Names of the records, arrays and entries that travel, used on both sides."""
+
+# Records of a message's RecordDict
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# Message types (category.action)
+TRAIN = "train"
+INITIAL_PRUNING = "train.initial_pruning"
+EVALUATE = "evaluate"
+DESCRIBE = "query.describe"
+
+# Metrics of replies
+NUM_EXAMPLES = "num-examples"  # the aggregation weight
+SAMPLES_PROCESSED = "samples-processed"
+TRAIN_SIZE = "train-size"
+TEST_SIZE = "test-size"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+MASK_VERSION = "mask-version"
+IMPORTANCE_ROUNDS = "importance-rounds"
+CLIENT_SECONDS = "client-seconds"
+
+# Node config (set per SuperNode with --node-config)
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_DATA_DIR = "data-dir"

@@ -1,0 +1,208 @@
+"""PruneFL: initial pruning on one client, then adaptive pruning during FedAvg.
+
+Jiang, Wang, Valls, Ko, Lee, Leung, Tassiulas, "Model Pruning Enables Efficient
+Federated Learning on Edge Devices", IEEE TNNLS 2022 (arXiv 1909.12326).
+
+* **Initial pruning (IP)**: on ``ip-batches`` fixed batches of one client's data,
+  one IP round is one pass over them with a masked forward, accumulating
+  S = sum_t g_t ** 2. Once training accuracy on those batches reaches
+  ``ip-accuracy-factor / num_classes`` (checked every ``ip-eval-interval`` rounds),
+  the mask is reconfigured every ``ip-reconfig-interval`` rounds with the constant
+  removal cap dtp0; IP stops when |d_t / d_{t-1} - 1| <= ``ip-stability`` for
+  ``ip-stable-count`` reconfigurations in a row, or after ``ip-max-rounds``.
+* **FL stage**: clients keep S_c += n_c * (sum_t g_t) ** 2 and the server
+  reconfigures every ΔR = ``reconfig-interval`` rounds on the aggregated weights
+  with S = sum_c S_c and dtp(t) = dtp0 * 0.5 ** (t / half-life).
+
+Both stages call :func:`~common.pruning.reconfiguration.reconfigure_mask`.
+With every client in every round, clients accumulate S_c locally and upload it
+only in reconfiguration rounds, as the authors do; with client sampling, each
+participant uploads its statistic in the round it trains, so that no per-client
+accumulator of model size outlives a round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..cost_model import CostModel
+from ..layout import ModelLayout
+from ..training import GradientStatistic, masked_accuracy, train_locally
+from .base import (
+    ImportanceRequest,
+    InitialData,
+    InitialDataSpec,
+    InitialPruning,
+    MethodSettings,
+    PruningMethod,
+    RoundPlan,
+)
+from .reconfiguration import reconfigure_mask, removal_cap
+
+
+@dataclass(frozen=True)
+class PruneFLSettings(MethodSettings):
+    """PruneFL's settings; the authors' FEMNIST values are in the comments."""
+
+    PREFIX = "pruning.prunefl"
+
+    reconfig_interval: int = 10  # ΔR, rounds between reconfigurations (50)
+    max_removal: float = 0.3  # dtp0, largest fraction of a layer's weights removed per call (0.3)
+    removal_half_life: float = 10000.0  # rounds for dtp to halve (10000)
+    max_density: float = 1.0  # optional cap on the kept fraction (none)
+    initial_pruning: Literal["server", "client", "off"] = "server"
+    ip_client: int = 0  # partition id whose data initial pruning uses
+    ip_batches: int = 10  # fixed batches (10)
+    ip_batch_size: int = 20  # samples per batch (20)
+    ip_max_rounds: int = 1000  # (1000)
+    ip_reconfig_interval: int = 50  # (50)
+    ip_eval_interval: int = 10  # (10)
+    ip_accuracy_factor: float = 1.5  # start once accuracy >= factor / classes (1.5)
+    ip_stability: float = 0.1  # relative density change counted as stable (0.1)
+    ip_stable_count: int = 5  # stable reconfigurations in a row to stop (5)
+
+    def validate(self) -> None:
+        for name in (
+            "reconfig_interval",
+            "ip_batches",
+            "ip_batch_size",
+            "ip_max_rounds",
+            "ip_reconfig_interval",
+            "ip_eval_interval",
+            "ip_stable_count",
+        ):
+            self.require(name, getattr(self, name) >= 1, "an integer >= 1")
+        self.require("max_removal", 0.0 <= self.max_removal < 1.0, "a number in [0, 1)")
+        self.require("removal_half_life", self.removal_half_life > 0, "a number > 0 (rounds)")
+        self.require("max_density", 0.0 < self.max_density <= 1.0, "a density in (0, 1]")
+        self.require("ip_client", self.ip_client >= 0, "a partition id >= 0")
+        self.require("ip_accuracy_factor", self.ip_accuracy_factor >= 0, "a number >= 0")
+        self.require("ip_stability", self.ip_stability >= 0, "a number >= 0")
+
+
+class PruneFL(PruningMethod):
+    """Adaptive pruning with PruneFL's importance-per-time greedy."""
+
+    name = "prunefl"
+    Settings = PruneFLSettings
+    settings: PruneFLSettings
+
+    def needs_initial_data(self) -> bool:
+        return self.settings.initial_pruning != "off"
+
+    def initial_data_spec(self) -> InitialDataSpec:
+        s = self.settings
+        return InitialDataSpec(s.initial_pruning, s.ip_client, s.ip_batches, s.ip_batch_size)
+
+    def _max_kept(self, layout: ModelLayout) -> int | None:
+        if self.settings.max_density >= 1.0:
+            return None
+        return int(self.settings.max_density * layout.num_prunable)
+
+    def is_reconfiguration_round(self, server_round: int) -> bool:
+        return server_round % self.settings.reconfig_interval == 0
+
+    def round_plan(self, server_round: int) -> RoundPlan:
+        if self.env.full_participation and not self.is_reconfiguration_round(server_round):
+            return RoundPlan(importance=ImportanceRequest.ACCUMULATE)
+        return RoundPlan(importance=ImportanceRequest.UPLOAD)
+
+    def reconfigure(
+        self,
+        server_round: int,
+        floats: np.ndarray,
+        mask: np.ndarray,
+        importance: np.ndarray | None,
+        cost: CostModel,
+    ) -> np.ndarray | None:
+        if importance is None or not self.is_reconfiguration_round(server_round):
+            return None
+        dtp = removal_cap(server_round, self.settings.max_removal, self.settings.removal_half_life)
+        return reconfigure_mask(
+            floats,
+            mask,
+            importance,
+            self.env.layout,
+            cost.coefficients(),
+            cost.constant,
+            dtp,
+            self._max_kept(self.env.layout),
+        )
+
+    def initial_mask(self, floats: np.ndarray, mask: np.ndarray, data: InitialData | None) -> InitialPruning:
+        if self.settings.initial_pruning == "off":
+            return InitialPruning(mask=mask.copy())
+        if data is None:
+            raise ValueError("PruneFL's initial pruning needs one client's batches")
+        return run_initial_pruning(
+            self.settings, self.env.layout, mask, data, self._max_kept(self.env.layout)
+        )
+
+
+def run_initial_pruning(
+    settings: PruneFLSettings,
+    layout: ModelLayout,
+    mask: np.ndarray,
+    data: InitialData,
+    max_kept: int | None,
+) -> InitialPruning:
+    """PruneFL's initial pruning stage on fixed batches (see the module docstring)."""
+    model, s = data.model, settings
+    coefficients, constant = data.cost.coefficients(), data.cost.constant
+    target_accuracy = s.ip_accuracy_factor / data.num_classes
+    importance = np.zeros(layout.num_floats, dtype=np.float64)
+    densities = [layout.density(mask)]
+    start_round: int | None = None
+    stable: list[bool] = []
+    stop_reason = "max-rounds"
+    ip_round = 0
+    modelled_seconds = 0.0
+    for ip_round in range(1, s.ip_max_rounds + 1):
+        if start_round is None and (ip_round - 1) % s.ip_eval_interval == 0:
+            if masked_accuracy(model, layout, mask, data.batches) >= target_accuracy:
+                start_round = ip_round
+        result = train_locally(
+            model,
+            layout,
+            mask,
+            iter(data.batches),
+            len(data.batches),
+            data.sgd,
+            data.loss_fn,
+            GradientStatistic.SUM_OF_SQUARES,
+            masked_forward=True,
+        )
+        assert result.statistic is not None
+        importance += result.statistic
+        modelled_seconds += data.cost.compute_time(layout.kept_per_layer(mask), len(data.batches))
+        if start_round is None or (ip_round - start_round) % s.ip_reconfig_interval != 0:
+            continue
+        floats = layout.flatten(model.state_dict())[0]
+        mask = reconfigure_mask(
+            floats, mask, importance, layout, coefficients, constant, s.max_removal, max_kept
+        )
+        importance[:] = 0.0
+        density = layout.density(mask)
+        if densities[-1] > 0:
+            stable.append(abs(density / densities[-1] - 1.0) <= s.ip_stability)
+        densities.append(density)
+        if len(stable) >= s.ip_stable_count and all(stable[-s.ip_stable_count :]):
+            stop_reason = "stable"
+            break
+    floats = layout.flatten(model.state_dict())[0]
+    return InitialPruning(
+        mask=mask,
+        floats=floats,
+        iterations=ip_round * len(data.batches),
+        log={
+            "rounds": ip_round,
+            "reconfigurations": len(densities) - 1,
+            "started-at-round": start_round if start_round is not None else -1,
+            "stop-reason": stop_reason if start_round is not None else "accuracy-gate-not-reached",
+            "densities": densities,
+            "modelled-seconds": modelled_seconds,
+        },
+    )

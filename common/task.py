@@ -1,0 +1,60 @@
+"""The task a server hands a client with each message, as a validated section.
+
+Clients take everything about a round from the message (learning rate, steps,
+data set, partitioning, what to do with importance, the mask version), so that
+one ClientApp serves simulations and devices alike; only the partition id and an
+optional data folder come from the SuperNode's ``--node-config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from .settings import ConfigError, Section
+
+IMPORTANCE_REQUESTS = ("off", "accumulate", "upload")
+
+
+@dataclass(frozen=True)
+class TaskSpec(Section):
+    """One round's instructions; every key must be present in the message."""
+
+    PREFIX = ""
+
+    server_round: int = 0
+    dataset: str = ""
+    data_dir: str = ""
+    partitioning: str = "iid"
+    alpha: float = 1.0
+    client_test_fraction: float = 0.0
+    partition_seed: int = 0
+    model: str = ""
+    layout: str = ""  # fingerprint of the model layout both ends must share
+    lr: float = 0.0
+    local_steps: int = 1
+    batch_size: int = 1
+    loss: str = "cross-entropy"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    weighting: Literal["samples-processed", "dataset-size"] = "samples-processed"
+    method: str = "none"
+    importance: Literal["off", "accumulate", "upload"] = "off"
+    importance_scope: Literal["pruned", "all"] = "pruned"
+    mask_version: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.require("lr", self.lr >= 0, "a learning rate >= 0")
+        self.require("local_steps", self.local_steps >= 1, "an integer >= 1")
+        self.require("batch_size", self.batch_size >= 1, "an integer >= 1")
+        self.require("mask_version", self.mask_version >= 0, "an integer >= 0")
+
+    @classmethod
+    def from_message_config(cls, config: Mapping[str, object]) -> TaskSpec:
+        """Parse a message's config; every task key is required."""
+        missing = [key for key in cls.keys() if key not in config]
+        if missing:
+            raise ConfigError(missing[0], None, "a key every task message must carry")
+        return cls.from_flat(config)

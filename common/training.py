@@ -1,0 +1,209 @@
+"""Local training under a mask, and evaluation, for clients and the server alike.
+
+PruneFL's local step (Jiang et al., TNNLS 2022, Sec. IV): before each of the E SGD
+steps and after the last, pruned weights are set to zero. The mask is enforced on
+the *weights*, never on the gradients, so the gradient is dense, pruned positions
+included, and the importance statistic
+
+    S = n * (sum_{t=1..E} g_t) ** 2            (n: samples processed)
+
+can bring pruned weights back at the next reconfiguration. Initial pruning uses a
+masked forward instead (``masked_forward=True``): pruned weights get no gradient,
+keep their stale value, and the statistic accumulates ``sum_t g_t ** 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataView
+from .layout import ModelLayout
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES = ("cross-entropy", "bce-one-hot")
+
+
+def make_loss(name: str, num_classes: int) -> LossFn:
+    """Cross-entropy, or PruneFL's BCE-with-logits on one-hot labels (FEMNIST, CIFAR-10)."""
+    if name == "cross-entropy":
+        return F.cross_entropy
+    if name == "bce-one-hot":
+
+        def bce_one_hot(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            target = F.one_hot(labels, num_classes).to(logits.dtype)
+            return F.binary_cross_entropy_with_logits(logits, target)
+
+        return bce_one_hot
+    raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+
+
+class GradientStatistic(Enum):
+    """Which gradient statistic local training accumulates."""
+
+    NONE = "none"
+    SUM = "sum"  # sum_t g_t, for PruneFL's FL-stage importance
+    SUM_OF_SQUARES = "sum-of-squares"  # sum_t g_t ** 2, for initial pruning
+
+
+@dataclass(frozen=True)
+class SgdSettings:
+    """Plain SGD as PruneFL runs it; momentum and weight decay are optional."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def is_plain(self) -> bool:
+        """True when one step moves weights by exactly ``-lr * grad``."""
+        return self.momentum == 0.0 and self.weight_decay == 0.0
+
+
+@dataclass
+class LocalResult:
+    samples: int
+    mean_loss: float
+    statistic: np.ndarray | None  # flat over the layout's float vector
+
+
+class TrainingHooks:
+    """Per-step hooks a pruning method may override on the client; defaults do nothing."""
+
+    def before_forward(self, model: nn.Module, step: int) -> None:
+        """Called after the mask is enforced and before the forward pass."""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term (for example a FLOPs budget); None for none."""
+        return None
+
+
+def _prunable_masks(
+    model: nn.Module, layout: ModelLayout, mask: np.ndarray
+) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(parameter, float mask) pairs for the prunable tensors that have pruned entries."""
+    named = dict(model.named_parameters())
+    pairs = []
+    for t in layout.prunable:
+        part = mask[t.slice]
+        if not part.all():
+            pairs.append((named[t.name], torch.from_numpy(part.reshape(t.shape)).to(torch.float32)))
+    return pairs
+
+
+def train_locally(
+    model: nn.Module,
+    layout: ModelLayout,
+    mask: np.ndarray,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    sgd: SgdSettings,
+    loss_fn: LossFn,
+    statistic: GradientStatistic = GradientStatistic.NONE,
+    masked_forward: bool = False,
+    hooks: TrainingHooks | None = None,
+) -> LocalResult:
+    """Run ``steps`` SGD steps on ``model`` under ``mask`` and return what happened.
+
+    With ``masked_forward=False`` (the FL stage) pruned weights are zeroed before
+    each step and after the last. With ``masked_forward=True`` (initial pruning)
+    pruned weights are zero during each step, receive no gradient, and get their
+    previous value back afterwards, as a masked forward pass would leave them.
+    """
+    hooks = hooks or TrainingHooks()
+    model.train()
+    pairs = _prunable_masks(model, layout, mask)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+    )
+    accumulated = (
+        np.zeros(layout.num_floats, dtype=np.float64) if statistic is not GradientStatistic.NONE else None
+    )
+    samples, loss_sum = 0, 0.0
+    for step in range(steps):
+        stale = [p.detach().clone() for p, _ in pairs] if masked_forward else []
+        with torch.no_grad():
+            for p, m in pairs:
+                p.mul_(m)
+        hooks.before_forward(model, step)
+        inputs, labels = next(batches)
+        optimizer.zero_grad(set_to_none=False)
+        loss = loss_fn(model(inputs), labels)
+        penalty = hooks.penalty(model)
+        (loss if penalty is None else loss + penalty).backward()
+        if masked_forward:
+            for p, m in pairs:
+                p.grad.mul_(m)
+        if accumulated is not None:
+            grads = layout.gradient_vector(model).astype(np.float64)
+            accumulated += grads * grads if statistic is GradientStatistic.SUM_OF_SQUARES else grads
+        optimizer.step()
+        if masked_forward:
+            with torch.no_grad():
+                for (p, m), old in zip(pairs, stale, strict=True):
+                    p.copy_(torch.where(m.bool(), p, old))
+        samples += len(labels)
+        loss_sum += float(loss.detach()) * len(labels)
+    if not masked_forward:
+        with torch.no_grad():
+            for p, m in pairs:
+                p.mul_(m)
+    result_statistic = None if accumulated is None else accumulated.astype(np.float32)
+    return LocalResult(samples=samples, mean_loss=loss_sum / max(samples, 1), statistic=result_statistic)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    samples: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, view: DataView, loss_fn: LossFn, batch_size: int = 512) -> Evaluation:
+    """Mean loss and accuracy of ``model`` on ``view`` (zeros for an empty view)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for inputs, labels in view.in_order(batch_size):
+        logits = model(inputs)
+        loss_sum += float(loss_fn(logits, labels)) * len(labels)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+    n = len(view)
+    return Evaluation(loss=loss_sum / n if n else 0.0, accuracy=correct / n if n else 0.0, samples=n)
+
+
+@torch.no_grad()
+def masked_accuracy(
+    model: nn.Module,
+    layout: ModelLayout,
+    mask: np.ndarray,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> float:
+    """Accuracy on ``batches`` with pruned weights zeroed; the weights are left as found."""
+    pairs = _prunable_masks(model, layout, mask)
+    stale = [p.detach().clone() for p, _ in pairs]
+    for p, m in pairs:
+        p.mul_(m)
+    model.eval()
+    correct = sum(int((model(x).argmax(dim=1) == y).sum()) for x, y in batches)
+    total = sum(len(y) for _, y in batches)
+    for (p, _), old in zip(pairs, stale, strict=True):
+        p.copy_(old)
+    model.train()
+    return correct / max(total, 1)
+
+
+def load_flat(model: nn.Module, layout: ModelLayout, floats: np.ndarray, ints: np.ndarray) -> None:
+    """Copy flat vectors into ``model``'s state."""
+    model.load_state_dict(layout.unflatten(floats, ints))
+
+
+def read_flat(model: nn.Module, layout: ModelLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The flat vectors of ``model``'s state."""
+    return layout.flatten(model.state_dict())

@@ -1,0 +1,1 @@
+"""The ServerApp: initial pruning, masked aggregation, mask reconfiguration, results."""

@@ -1,0 +1,266 @@
+"""The ServerApp: configuration, initial pruning, then Flower's round loop.
+
+``app`` reads its configuration from the run config (``flwr run .``: the defaults
+of ``pyproject.toml`` plus ``--run-config`` overrides); :func:`build_server_app`
+binds an already validated configuration instead (``fedprune simulate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import ERROR, INFO
+from pathlib import Path
+
+import flwr
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from common.config import AppConfig
+from common.cost_model import CostModel, ProfileError, load_profile
+from common.data import DATASETS, load_dataset
+from common.layout import ModelLayout
+from common.models import build_model
+from common.pruning import MethodEnv
+from common.settings import ConfigError
+from common.task import TaskSpec
+
+from .communication import CommunicationLog
+from .evaluation import CentralEvaluator
+from .global_model import GlobalModel
+from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
+from .messenger import Messenger
+from .nodes import NodeBook
+from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
+from .strategy import PruningFedAvg, format_bytes
+
+NOMINAL_BYTES_PER_VALUE = 8.0  # float32 down and up, before any round is measured
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures a run ends with (also written to ``summary.json``)."""
+
+    results_dir: str
+    method: str
+    dataset: str
+    model: str
+    rounds: int
+    final_accuracy: float
+    final_loss: float
+    final_density: float
+    bytes_down: int
+    bytes_up: int
+    bytes_total: int
+    bound_bytes: float
+    dense_bytes: int
+    modelled_time_s: float
+    wall_time_s: float
+    initial_pruning: dict
+
+    def last_line(self) -> str:
+        ratio = self.bytes_total / self.dense_bytes if self.dense_bytes else math.nan
+        return (
+            f"fedprune: {self.method} on {self.dataset}, {self.rounds} rounds: "
+            f"final accuracy {self.final_accuracy:.4f}, final density {self.final_density:.4f}, "
+            f"total bytes {format_bytes(self.bytes_total)} "
+            f"({ratio:.3f} of the dense model's {format_bytes(self.dense_bytes)} for the same messages; "
+            f"bound {format_bytes(self.bound_bytes)}), wall time {self.wall_time_s:.1f} s; "
+            f"results in {self.results_dir}"
+        )
+
+
+class RunError(RuntimeError):
+    """The run could not start or go on; the message says why."""
+
+
+def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
+    """The task fields that stay the same through a run."""
+    data_dir = config.data.resolved_dir()
+    train = config.train
+    return TaskSpec(
+        dataset=config.data.dataset,
+        data_dir=str(data_dir) if data_dir else "",
+        partitioning=config.data.partitioning,
+        alpha=config.data.alpha,
+        client_test_fraction=config.data.client_test_fraction,
+        partition_seed=config.federation.seed,
+        model=config.model.name,
+        layout=layout.fingerprint,
+        lr=train.lr,
+        local_steps=train.local_steps,
+        batch_size=train.batch_size,
+        loss=train.loss,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        weighting=train.weighting,
+        method=config.pruning.method,
+        importance_scope="pruned" if train.momentum == 0 and train.weight_decay == 0 else "all",
+        seed=config.federation.seed,
+    )
+
+
+def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
+    """The cost model of the configured device profile; a bad profile is a config error."""
+    try:
+        profile = load_profile(config.cost.profile)
+        return CostModel.from_profile(
+            profile,
+            config.model.name,
+            layout,
+            config.train.local_steps,
+            config.cost.link_bandwidth or None,
+            NOMINAL_BYTES_PER_VALUE,
+        )
+    except ProfileError as exc:
+        raise ConfigError("cost.profile", config.cost.profile, str(exc)) from exc
+
+
+def preflight(config: AppConfig) -> None:
+    """Checks that need files (device profile, data set) before any client starts."""
+    source = DATASETS[config.data.dataset]
+    layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
+    cost_model_for(config, layout)
+    if config.evaluate.server or getattr(config.method, "initial_pruning", "") == "server":
+        try:
+            load_dataset(config.data.dataset, config.data.resolved_dir())
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+
+
+def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
+    """Run initial pruning and all rounds; write the results folder."""
+    started = time.monotonic()
+    fed = config.federation
+    np.random.seed(fed.seed)
+    results = ResultsWriter.create(config)
+    log(INFO, "fedprune: results go to %s", results.folder)
+
+    source = DATASETS[config.data.dataset]
+    torch_model = build_model(config.model.name, source.num_classes, source.input_shape, seed=fed.seed)
+    layout = ModelLayout.from_model(torch_model)
+    floats, ints = layout.flatten(torch_model.state_dict())
+    model = GlobalModel(layout, floats, ints, layout.full_mask())
+    cost = cost_model_for(config, layout)
+
+    nodes = NodeBook()
+    comm = CommunicationLog(results.communication_path)
+    messenger = Messenger(model, nodes, comm)
+    task = task_for_run(config, layout)
+    evaluator = None
+    if config.evaluate.server:
+        dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+        evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
+
+    describe_config = ConfigRecord(dict(task.to_flat()))
+    nodes.wait_for(
+        grid,
+        fed.min_clients,
+        fed.connect_timeout,
+        lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
+    )
+    # Whether every node trains every round decides how importance travels.
+    full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
+    env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
+    method = config.method_class(config.method, env)
+    strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
+    strategy.run_started = started
+
+    try:
+        report = run_initial_pruning(config, method, model, cost, task, grid, nodes, messenger)
+    except InitialPruningError as exc:
+        raise RunError(str(exc)) from exc
+    results.write_json(INITIAL_PRUNING_FILE, dataclasses.asdict(report))
+    strategy.row = RoundRow(
+        round=0, wall_time_s=report.seconds, modelled_round_time_s=report.modelled_seconds
+    )
+    strategy.start(
+        grid,
+        model.to_arrayrecord(),
+        num_rounds=fed.rounds,
+        timeout=fed.round_timeout,
+        evaluate_fn=strategy.end_round,
+    )
+    results.write_model(layout, model.floats, model.ints, model.mask)
+    summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
+    results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
+    log(INFO, summary.last_line())
+    return summary
+
+
+def summarize(
+    config: AppConfig,
+    strategy: PruningFedAvg,
+    report: InitialPruningReport,
+    folder: Path,
+    wall_time: float,
+) -> RunSummary:
+    totals = strategy.comm.totals()
+    evaluated = [r for r in strategy.rows if not math.isnan(r.accuracy)]
+    last = evaluated[-1] if evaluated else RoundRow(round=-1)
+    return RunSummary(
+        results_dir=str(folder),
+        method=config.pruning.method,
+        dataset=config.data.dataset,
+        model=config.model.name,
+        rounds=config.federation.rounds,
+        final_accuracy=last.accuracy,
+        final_loss=last.loss,
+        final_density=strategy.model.density,
+        bytes_down=totals.down.measured.total,
+        bytes_up=totals.up.measured.total,
+        bytes_total=totals.down.measured.total + totals.up.measured.total,
+        bound_bytes=totals.down.bound + totals.up.bound,
+        dense_bytes=totals.down.dense + totals.up.dense,
+        modelled_time_s=strategy.modelled_elapsed,
+        wall_time_s=wall_time,
+        initial_pruning=dataclasses.asdict(report),
+    )
+
+
+def environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": str(__import__("os").cpu_count()),
+        "flwr": flwr.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def build_server_app(
+    config: AppConfig | None = None, on_finish: Callable[[RunSummary], None] | None = None
+) -> ServerApp:
+    """A ServerApp bound to ``config`` (or reading the run config when None).
+
+    ``on_finish`` receives the run's summary, for callers that start the app
+    themselves (``fedprune simulate``).
+    """
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            resolved = config if config is not None else AppConfig.from_flat(context.run_config)
+            summary = run_federation(grid, resolved)
+            if on_finish is not None:
+                on_finish(summary)
+        except (ConfigError, RunError, TimeoutError) as exc:
+            # A user's mistake or an unreachable federation: one clear line, no traceback.
+            log(ERROR, "fedprune: %s", exc)
+            if config is not None:
+                raise
+
+    return server_app
+
+
+app = build_server_app()

@@ -1,0 +1,54 @@
+"""The server's copy of the model: weights, mask and mask version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from common.layout import ModelLayout
+
+
+@dataclass
+class GlobalModel:
+    """Flat weights, integer buffers and the mask in force.
+
+    Pruned positions of ``floats`` keep their last value (PruneFL's stale value),
+    so a weight that comes back restarts from it; the effective model is
+    :meth:`masked_floats`. ``mask_version`` grows by one whenever the mask changes,
+    which is how the server knows which nodes hold a stale copy.
+    """
+
+    layout: ModelLayout
+    floats: np.ndarray
+    ints: np.ndarray
+    mask: np.ndarray
+    mask_version: int = 0
+
+    def set_mask(self, mask: np.ndarray) -> bool:
+        """Adopt ``mask``; return True (and bump the version) if it differs."""
+        if np.array_equal(mask, self.mask):
+            return False
+        self.mask = mask
+        self.mask_version += 1
+        return True
+
+    @property
+    def density(self) -> float:
+        return self.layout.density(self.mask)
+
+    def kept_values(self) -> np.ndarray:
+        return self.floats[self.mask]
+
+    def masked_floats(self) -> np.ndarray:
+        return np.where(self.mask, self.floats, np.float32(0))
+
+    def kept_per_layer(self) -> np.ndarray:
+        """|M_l| for every prunable tensor, in layout order."""
+        return self.layout.kept_per_layer(self.mask)
+
+    def to_arrayrecord(self) -> ArrayRecord:
+        """The effective (masked) model as named arrays, for Flower's Result."""
+        state = self.layout.unflatten(self.masked_floats(), self.ints)
+        return ArrayRecord({name: Array(tensor.numpy()) for name, tensor in state.items()})

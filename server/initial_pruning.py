@@ -1,0 +1,194 @@
+"""Where and how the mask before round 1 is computed, and what it cost.
+
+A method that needs data for its initial mask (PruneFL's initial pruning) runs on
+one client's data, either
+
+* on the server, which loads that client's partition itself (simulation only:
+  the server must hold the data), or
+* on the designated node, through a ``train.initial_pruning`` message that carries
+  the dense model, the method's settings and the cost model; the node replies
+  with the kept values and the new mask.
+
+Both paths call the same :meth:`~common.pruning.PruningMethod.initial_mask`. The
+report says which ran, the density reached, the wall-clock and modelled time and
+the bytes exchanged; all of it is charged to round 0 of the results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+
+import numpy as np
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from common import keys
+from common.config import AppConfig
+from common.cost_model import CostModel
+from common.initial_data import initial_data_for
+from common.pruning import InitialDataSpec, InitialPruning, PruningMethod
+from common.pruning.base import settings_dict
+from common.settings import Scalar
+from common.task import TaskSpec
+from common.wire import WireError
+from common.wire.codec import decode_mask, decode_payload
+
+from .global_model import GlobalModel
+from .messenger import Messenger
+from .nodes import NodeBook
+
+
+class InitialPruningError(RuntimeError):
+    """Initial pruning could not run where the configuration asked."""
+
+
+@dataclass
+class InitialPruningReport:
+    where: str  # "none", "server" or "client"
+    partition_id: int = -1
+    node_id: int = -1
+    density: float = 1.0
+    seconds: float = 0.0
+    modelled_seconds: float = 0.0
+    iterations: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    log: dict[str, Scalar | list[float]] = field(default_factory=dict)
+
+
+def run_initial_pruning(
+    config: AppConfig,
+    method: PruningMethod,
+    model: GlobalModel,
+    cost: CostModel,
+    task: TaskSpec,
+    grid: Grid,
+    nodes: NodeBook,
+    messenger: Messenger,
+) -> InitialPruningReport:
+    """Compute the initial mask where the configuration says, and adopt it."""
+    if not method.needs_initial_data():
+        result = method.initial_mask(model.floats, model.mask, None)
+        model.set_mask(result.mask)
+        return InitialPruningReport(where="none", density=model.density)
+    spec = method.initial_data_spec()
+    where, partition_id = spec.where, spec.partition_id
+    started = time.monotonic()
+    if where == "server":
+        report = _on_server(config, method, model, cost, task, spec)
+    else:
+        report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
+    report.seconds = time.monotonic() - started
+    traffic = messenger.comm.rounds[0]
+    report.bytes_down, report.bytes_up = traffic.down.measured.total, traffic.up.measured.total
+    if where == "client":
+        report.modelled_seconds += cost.transfer_time(report.bytes_down + report.bytes_up)
+    log(
+        INFO,
+        "initial pruning ran on the %s (partition %d): density %.4f after %s IP rounds, "
+        "%.1f s wall-clock, %.1f s modelled",
+        where,
+        partition_id,
+        model.density,
+        report.log.get("rounds", "?"),
+        report.seconds,
+        report.modelled_seconds,
+    )
+    return report
+
+
+def _adopt(model: GlobalModel, result: InitialPruning) -> None:
+    if result.floats is not None:
+        model.floats = result.floats.astype(np.float32)
+    model.set_mask(result.mask)
+
+
+def _on_server(
+    config: AppConfig,
+    method: PruningMethod,
+    model: GlobalModel,
+    cost: CostModel,
+    task: TaskSpec,
+    spec: InitialDataSpec,
+) -> InitialPruningReport:
+    data = initial_data_for(
+        task,
+        config.simulation.num_clients,
+        spec.partition_id,
+        model.floats,
+        model.ints,
+        spec.batches,
+        spec.batch_size,
+        cost,
+    )
+    result = method.initial_mask(model.floats, model.mask, data)
+    _adopt(model, result)
+    return InitialPruningReport(
+        where="server",
+        partition_id=spec.partition_id,
+        density=model.density,
+        modelled_seconds=float(result.log.get("modelled-seconds", 0.0)),  # type: ignore[arg-type]
+        iterations=result.iterations,
+        log=result.log,
+    )
+
+
+def _on_client(
+    config: AppConfig,
+    method: PruningMethod,
+    model: GlobalModel,
+    cost: CostModel,
+    task: TaskSpec,
+    grid: Grid,
+    nodes: NodeBook,
+    messenger: Messenger,
+    spec: InitialDataSpec,
+) -> InitialPruningReport:
+    node = nodes.by_partition(spec.partition_id)
+    if node is None:
+        raise InitialPruningError(
+            f"no connected node holds partition {spec.partition_id} "
+            f"({config.method.PREFIX}.ip-client); connected partitions: "
+            f"{sorted(n.partition_id for n in nodes.ordered())}"
+        )
+    ip_config = ConfigRecord(dict(task.to_flat()))
+    ip_config["method"] = config.pruning.method
+    ip_config["ip-batches"] = spec.batches
+    ip_config["ip-batch-size"] = spec.batch_size
+    for key, value in {**settings_dict(config.method), **cost.to_config()}.items():
+        ip_config[key] = value
+    (message,) = messenger.model_messages([node], keys.INITIAL_PRUNING, ip_config, 0, "initial-pruning")
+    replies = list(grid.send_and_receive([message], timeout=config.federation.round_timeout))
+    if not replies:
+        raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
+    (reply,) = replies
+    messenger.log(reply, 0, "initial-pruning", "up", node.node_id)
+    if reply.has_error():
+        raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
+    try:
+        record = reply.content.array_records[keys.ARRAYS]
+        mask = decode_mask(record, model.layout)
+        if mask is None:
+            raise WireError("the reply carries no mask")
+        payload = decode_payload(record, model.layout, mask)
+        info = reply.content.config_records[keys.CONFIG]
+        iterations = int(info["iterations"])  # type: ignore[call-overload]
+        modelled = float(info["modelled-seconds"])  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InitialPruningError(f"node {node.node_id} sent an unusable reply: {exc}") from exc
+    floats = model.floats.copy()
+    floats[mask] = payload.values
+    _adopt(model, InitialPruning(mask=mask, floats=floats, iterations=iterations))
+    node.mask_version = model.mask_version
+    return InitialPruningReport(
+        where="client",
+        partition_id=spec.partition_id,
+        node_id=node.node_id,
+        density=model.density,
+        modelled_seconds=modelled,
+        iterations=iterations,
+        log={k: v for k, v in info.items() if k not in ("iterations", "modelled-seconds")},  # type: ignore[misc]
+    )

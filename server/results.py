@@ -1,0 +1,171 @@
+"""The results folder of a run.
+
+=========================  ==================================================
+file                       content
+=========================  ==================================================
+``config.toml``            the resolved configuration (re-runnable with
+                           ``fedprune simulate --config``)
+``rounds.csv``             one row per round (round 0: the initial model,
+                           after initial pruning), written as the round ends
+``communication.csv``      one row per message: measured bytes by category,
+                           the bound and the dense size
+``initial_pruning.json``   where initial pruning ran, its density, time, bytes
+``summary.json``           final figures and totals
+``model.npz``              the final effective model (pruned weights zero),
+                           one array per state tensor
+``mask.npz``               the final mask, one bool array per prunable tensor
+=========================  ==================================================
+
+Times in ``rounds.csv`` are either measured wall-clock seconds (``wall_time_s``,
+``elapsed_s``) or *modelled* by PruneFL's cost model (``modelled_*``).
+Everything is plain CSV, JSON and ``.npz`` (read with ``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from common.config import AppConfig
+from common.layout import ModelLayout
+from common.settings import Scalar
+
+ROUNDS_FILE = "rounds.csv"
+COMMUNICATION_FILE = "communication.csv"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.toml"
+INITIAL_PRUNING_FILE = "initial_pruning.json"
+MODEL_FILE = "model.npz"
+MASK_FILE = "mask.npz"
+
+
+@dataclass
+class RoundRow:
+    """One line of ``rounds.csv``."""
+
+    round: int
+    accuracy: float = math.nan
+    loss: float = math.nan
+    density: float = math.nan
+    clients: int = 0
+    failures: int = 0
+    rejected: int = 0
+    train_loss: float = math.nan
+    bytes_down: int = 0
+    bytes_up: int = 0
+    values_down: int = 0
+    mask_down: int = 0
+    other_down: int = 0
+    values_up: int = 0
+    mask_up: int = 0
+    importance_up: int = 0
+    other_up: int = 0
+    bound_down: float = 0.0
+    bound_up: float = 0.0
+    bound_bytes: float = 0.0
+    dense_bytes: int = 0
+    ratio_down: float = math.nan  # bytes sent / bound
+    ratio_up: float = math.nan
+    reconfigured: int = 0
+    modelled_round_time_s: float = 0.0
+    modelled_elapsed_s: float = 0.0
+    wall_time_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def formatted(self) -> list[str]:
+        out = []
+        for value in asdict(self).values():
+            if isinstance(value, float):
+                out.append("" if math.isnan(value) else f"{value:.6g}")
+            else:
+                out.append(str(value))
+        return out
+
+
+def _finite(data: object) -> object:
+    """``data`` with NaN and infinite floats replaced by None (JSON has no NaN)."""
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def _toml_value(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def config_toml(flat: dict[str, Scalar]) -> str:
+    """Flat keys as a TOML document of dotted keys."""
+    lines = ["# Resolved configuration of this run (fedprune simulate --config <this file>)"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in flat.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_folder_name(config: AppConfig) -> str:
+    if config.output.name:
+        return config.output.name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{config.pruning.method}-{config.data.dataset}"
+
+
+class ResultsWriter:
+    """Creates a run's folder and writes its files as the run goes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ROUNDS_FILE).open("w", newline="") as f:
+            csv.writer(f).writerow(RoundRow.columns())
+
+    @classmethod
+    def create(cls, config: AppConfig) -> ResultsWriter:
+        folder = Path(config.output.dir).expanduser().resolve() / run_folder_name(config)
+        writer = cls(folder)
+        (folder / CONFIG_FILE).write_text(config_toml(config.to_flat()), encoding="utf-8")
+        return writer
+
+    @property
+    def communication_path(self) -> Path:
+        return self.folder / COMMUNICATION_FILE
+
+    def append_round(self, row: RoundRow) -> None:
+        with (self.folder / ROUNDS_FILE).open("a", newline="") as f:
+            csv.writer(f).writerow(row.formatted())
+
+    def write_json(self, name: str, data: dict) -> None:
+        """Write ``data`` atomically; NaN becomes null."""
+        path = self.folder / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def write_model(
+        self, layout: ModelLayout, floats: np.ndarray, ints: np.ndarray, mask: np.ndarray
+    ) -> None:
+        state = layout.unflatten(np.where(mask, floats, np.float32(0)), ints)
+        np.savez(self.folder / MODEL_FILE, **{name: t.numpy() for name, t in state.items()})
+        masks = {t.name: mask[t.slice].reshape(t.shape) for t in layout.prunable}
+        np.savez(self.folder / MASK_FILE, **masks)
+
+
+def read_rounds(folder: Path) -> list[dict[str, str]]:
+    """Rows of a results folder's ``rounds.csv``."""
+    with (folder / ROUNDS_FILE).open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,1 @@
+"""Launching runs: the ``fedprune`` command, simulations on Ray, presets."""

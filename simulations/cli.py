@@ -1,0 +1,86 @@
+"""The ``fedprune`` command."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from common.config import AppConfig, load_config
+from common.settings import ConfigError
+
+app = typer.Typer(
+    name="fedprune",
+    help="Federated pruning on Flower: simulate, compare and benchmark pruning methods.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _commands() -> None:
+    """Federated pruning on Flower: simulate, compare and benchmark pruning methods."""
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="A preset TOML file (or the name of a preset in simulations/) overriding the defaults.",
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one key, e.g. --set train.lr=0.05 (repeatable)."),
+]
+
+
+def preset_path(config: Path | None) -> Path | None:
+    """``config`` as given, or the bundled preset of that name."""
+    if config is None or config.exists():
+        return config
+    bundled = resources.files("simulations").joinpath(f"{config.name.removesuffix('.toml')}.toml")
+    return Path(str(bundled)) if bundled.is_file() else config
+
+
+def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:
+    """Load and check a configuration; a mistake ends the command with one clear line."""
+    from server.app import preflight
+
+    try:
+        resolved = load_config(preset_path(config), overrides or [])
+        resolved.check_simulation()
+        preflight(resolved)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    return resolved
+
+
+@app.command()
+def simulate(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Run a local multi-client simulation on Flower's simulation engine (Ray)."""
+    resolved = resolve(config, set_)
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    try:
+        summary = run(resolved)
+    except (SimulationError, RuntimeError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=1) from None
+    typer.echo(summary.last_line())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Configuration: defaults, pyproject, overrides and clear errors for bad values."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.config import AppConfig, default_flat, load_config, parse_override
+from common.settings import ConfigError, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_lists_every_default():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    assert declared == default_flat()
+
+
+def test_defaults_are_the_embedded_default_run():
+    config = load_config()
+    assert config.data.dataset == "digits"
+    assert config.pruning.method == "prunefl"
+    assert config.simulation.num_clients == 10
+
+
+def test_overrides_are_read_as_toml_values():
+    assert parse_override("train.lr=0.5") == ("train.lr", 0.5)
+    assert parse_override("evaluate.server=false") == ("evaluate.server", False)
+    assert parse_override("data.dataset=digits") == ("data.dataset", "digits")
+    config = load_config(None, ["train.lr=0.5", "pruning.prunefl.reconfig-interval=3"])
+    assert config.train.lr == 0.5 and config.method.reconfig_interval == 3
+
+
+def test_preset_files_override_only_what_they_set(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("[federation]\nrounds = 3\n[pruning.prunefl]\nmax-removal = 0.2\n")
+    config = load_config(preset, ["federation.seed=4"])
+    assert (config.federation.rounds, config.federation.seed, config.method.max_removal) == (3, 4, 0.2)
+    assert config.train.lr == AppConfig.from_flat({}).train.lr
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("pruning.prunefl.max-density=0", "pruning.prunefl.max-density", "(0, 1]"),
+        ("pruning.prunefl.max-density=1.5", "pruning.prunefl.max-density", "(0, 1]"),
+        ("pruning.prunefl.reconfig-interval=0", "pruning.prunefl.reconfig-interval", ">= 1"),
+        ("train.lr=-0.1", "train.lr", "> 0"),
+        ("pruning.method=magic", "pruning.method", "one of"),
+        ("model.name=resnet-9000", "model.name", "one of"),
+        ("data.dataset=imagenet-22k", "data.dataset", "one of"),
+        ("train.lr=fast", "train.lr", "a number"),
+        ("federation.rounds=2.5", "federation.rounds", "an integer"),
+        ("train.loss=mse", "train.loss", "one of"),
+        ("train.lrr=0.1", "train.lrr", "did you mean 'train.lr'"),
+        ("bogus=1", "bogus", "unknown"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(override, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert error.value.key == key
+    assert allowed in str(error.value)
+    assert repr(error.value.value) in str(error.value)
+
+
+def test_simulation_checks():
+    with pytest.raises(ConfigError, match="simulation.num-clients"):
+        load_config(None, ["federation.min-clients=5", "simulation.num-clients=3"]).check_simulation()
+    with pytest.raises(ConfigError, match="ip-client"):
+        load_config(None, ["pruning.prunefl.ip-client=10"]).check_simulation()
