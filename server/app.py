@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -230,7 +231,7 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.machine(),
-        "cpus": str(__import__("os").cpu_count()),
+        "cpus": str(os.cpu_count()),
         "flwr": flwr.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -78,7 +78,9 @@ def run_initial_pruning(
     where, partition_id = spec.where, spec.partition_id
     started = time.monotonic()
     if where == "server":
-        report = _on_server(config, method, model, cost, task, spec)
+        described = [n.num_partitions for n in nodes.ordered()]
+        num_partitions = max(described, default=config.simulation.num_clients)
+        report = _on_server(method, model, cost, task, spec, num_partitions)
     else:
         report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
     report.seconds = time.monotonic() - started
@@ -107,16 +109,17 @@ def _adopt(model: GlobalModel, result: InitialPruning) -> None:
 
 
 def _on_server(
-    config: AppConfig,
     method: PruningMethod,
     model: GlobalModel,
     cost: CostModel,
     task: TaskSpec,
     spec: InitialDataSpec,
+    num_partitions: int,
 ) -> InitialPruningReport:
+    """Initial pruning on the data of partition ``spec.partition_id``, loaded by the server."""
     data = initial_data_for(
         task,
-        config.simulation.num_clients,
+        num_partitions,
         spec.partition_id,
         model.floats,
         model.ints,

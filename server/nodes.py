@@ -124,12 +124,12 @@ class NodeBook:
                 last_log = waited
             time.sleep(1.0)
 
-    def sample(self, server_round: int, count: int, seed: int) -> list[NodeInfo]:
-        """``count`` nodes (0 = all), drawn reproducibly from (seed, round)."""
+    def sample(self, server_round: int, count: int, seed: int, stream: int = 0) -> list[NodeInfo]:
+        """``count`` nodes (0 = all), drawn reproducibly from (seed, round, stream)."""
         ordered = self.ordered()
         if count == 0 or count >= len(ordered):
             return ordered
-        rng = np.random.default_rng([seed, server_round])
+        rng = np.random.default_rng([seed, server_round, stream])
         chosen = np.sort(rng.choice(len(ordered), size=count, replace=False))
         return [ordered[i] for i in chosen]
 

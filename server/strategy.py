@@ -328,7 +328,7 @@ class PruningFedAvg(FedAvg):
         if fraction == 0 or server_round % self.config.evaluate.every != 0:
             return []
         count = max(1, math.ceil(fraction * len(self.nodes)))
-        targets = self.nodes.sample(-server_round, count, self.config.federation.seed)
+        targets = self.nodes.sample(server_round, count, self.config.federation.seed, stream=1)
         self.sent_evaluate = {n.node_id: n for n in targets}
         return self.messenger.model_messages(
             targets, keys.EVALUATE, self.task_config(server_round, RoundPlan()), server_round, "evaluate"
