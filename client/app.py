@@ -117,14 +117,14 @@ def prepare(message: Message, context: Context) -> Job:
     return Job(spec, partition_id, num_partitions, data, source, model, layout, NodeState(context, layout))
 
 
-def load_model(job: Job, record: ArrayRecord) -> np.ndarray:
-    """Decode the model into ``job.model`` and return the mask in force."""
+def load_model(job: Job, record: ArrayRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the model into ``job.model``; return the mask in force and the kept values received."""
     mask = job.state.resolve_mask(record, job.spec.mask_version)
     payload = decode_payload(record, job.layout, mask)
     floats = np.zeros(job.layout.num_floats, dtype=np.float32)
-    floats[mask] = payload.values
+    floats[np.flatnonzero(mask)] = payload.values  # by index: several times faster than by mask
     load_flat(job.model, job.layout, floats, payload.counters)
-    return mask
+    return mask, payload.values
 
 
 def _arrays(message: Message) -> ArrayRecord:
@@ -202,7 +202,7 @@ def train(message: Message, context: Context) -> RecordDict:
     started = time.monotonic()
     job = prepare(message, context)
     spec, layout = job.spec, job.layout
-    mask = load_model(job, _arrays(message))
+    mask, start_values = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
     client_config = {k.removeprefix("method."): v for k, v in config.items() if k.startswith("method.")}
     hooks = _method(job, config).training_hooks(client_config)
@@ -231,9 +231,13 @@ def train(message: Message, context: Context) -> RecordDict:
             upload = job.state.take_importance(importance, spec.mask_version)
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
+    kept = floats[mask]
+    # a lossy format rounds the update, not the weight: the server adds it to what it sent
+    lossy = spec.wire.lossy_values
+    reply = ModelPayload(kept - start_values if lossy else kept, ints, importance=upload, relative=lossy)
     return RecordDict(
         {
-            keys.ARRAYS: encode_payload(ModelPayload(floats[mask], ints, importance=upload)),
+            keys.ARRAYS: encode_payload(reply, layout, spec.wire),
             keys.METRICS: MetricRecord(
                 {
                     keys.NUM_EXAMPLES: weight,
@@ -251,7 +255,7 @@ def train(message: Message, context: Context) -> RecordDict:
 @_handled
 def initial_pruning(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
-    mask = load_model(job, _arrays(message))
+    mask, _ = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
     method = _method(job, config)
     try:
@@ -277,8 +281,8 @@ def initial_pruning(message: Message, context: Context) -> RecordDict:
     for key, value in result.log.items():
         info[key] = value
     info.setdefault("modelled-seconds", 0.0)
-    payload = ModelPayload(new_floats[result.mask], ints, mask=job.layout.prunable_part(result.mask))
-    return RecordDict({keys.ARRAYS: encode_payload(payload), keys.CONFIG: info})
+    payload = ModelPayload(new_floats[result.mask], ints, mask=result.mask)
+    return RecordDict({keys.ARRAYS: encode_payload(payload, job.layout, job.spec.wire), keys.CONFIG: info})
 
 
 @app.evaluate()

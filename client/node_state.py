@@ -1,7 +1,8 @@
 """What a node keeps between rounds, in Flower's ``Context.state``.
 
 * the mask it last received, with its version (one bit per prunable weight), so
-  that the server sends the mask only when the node's copy is stale;
+  that the server sends the mask only when the node's copy is stale, and then
+  only its XOR delta against this copy where that is smaller;
 * under full participation, PruneFL's importance accumulator at pruned positions,
   uploaded and cleared in reconfiguration rounds.
 
@@ -14,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from common.layout import ModelLayout
-from common.wire.codec import decode_mask
+from common.wire.codec import decode_mask, mask_base_version
 
 MASK_RECORD = "fedprune.mask"
 IMPORTANCE_RECORD = "fedprune.importance"
@@ -49,14 +50,27 @@ class NodeState:
         return self.layout.mask_from_prunable(bits.astype(bool))
 
     def resolve_mask(self, record: ArrayRecord, version: int) -> np.ndarray:
-        """The mask in force: from the message if it carries one, else the cached copy."""
-        mask = decode_mask(record, self.layout)
-        if mask is not None:
-            self.store_mask(mask, version)
-            return mask
-        if version != self.mask_version and version != 0:
-            raise StaleMaskError(f"node holds mask version {self.mask_version}, the message needs {version}")
-        return self.cached_mask() if version != 0 else self.layout.full_mask()
+        """The mask of ``version`` in force: decoded from the message if it carries one
+        (whole, or as a delta against this node's copy), else the cached copy."""
+        base = mask_base_version(record)
+        if base is None:
+            if version == 0:
+                return self.layout.full_mask()
+            if version != self.mask_version:
+                raise StaleMaskError(
+                    f"node holds mask version {self.mask_version}, the message needs {version}"
+                )
+            return self.cached_mask()
+        if base not in (0, self.mask_version):
+            if version == self.mask_version:  # the server missed our last reply; we hold it already
+                return self.cached_mask()
+            raise StaleMaskError(
+                f"the mask is a delta against version {base}; this node holds {self.mask_version}"
+            )
+        held = self.mask_version
+        mask = decode_mask(record, self.layout, lambda v: self.cached_mask() if v == held else None)
+        self.store_mask(mask, version)
+        return mask
 
     def add_importance(self, values: np.ndarray, mask_version: int) -> np.ndarray:
         """Add to the accumulator and return the total; a stale accumulator is dropped."""

@@ -21,6 +21,7 @@ from .data import DATASETS, PARTITIONINGS
 from .models import MODELS
 from .pruning import METHODS, MethodSettings, PruningMethod
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
+from .wire import WireFormat
 
 DATA_DIR_ENV = "FEDPRUNE_DATA_DIR"
 
@@ -134,6 +135,24 @@ class CostSettings(Section):
 
 
 @dataclass(frozen=True)
+class WireSettings(Section):
+    """How numbers travel (see common/wire): lossless float32 unless a lossy format is chosen."""
+
+    PREFIX = "wire"
+
+    values: Literal["float32", "float16", "bfloat16"] = "float32"  # kept weights, both directions
+    importance: Literal["float32", "bfloat16"] = "float32"  # PruneFL's uploaded statistic
+    compression_level: int = 1  # zstd level for masks, values and importance; 0 = off
+
+    def validate(self) -> None:
+        level = self.compression_level
+        self.require("compression_level", 0 <= level <= 22, "an integer in [0, 22] (0 = off)")
+
+    def format(self) -> WireFormat:
+        return WireFormat(self.values, self.importance, self.compression_level)
+
+
+@dataclass(frozen=True)
 class EvaluateSettings(Section):
     PREFIX = "evaluate"
 
@@ -179,6 +198,7 @@ SECTIONS: tuple[type[Section], ...] = (
     TrainSettings,
     PruningSettings,
     CostSettings,
+    WireSettings,
     EvaluateSettings,
     OutputSettings,
     SimulationSettings,
@@ -203,6 +223,7 @@ class AppConfig:
     pruning: PruningSettings
     method: MethodSettings
     cost: CostSettings
+    wire: WireSettings
     evaluate: EvaluateSettings
     output: OutputSettings
     simulation: SimulationSettings
@@ -230,6 +251,7 @@ class AppConfig:
             pruning=pruning,
             method=METHODS[pruning.method].Settings.from_flat(flat),
             cost=CostSettings.from_flat(flat),
+            wire=WireSettings.from_flat(flat),
             evaluate=EvaluateSettings.from_flat(flat),
             output=OutputSettings.from_flat(flat),
             simulation=SimulationSettings.from_flat(flat),
@@ -264,6 +286,7 @@ class AppConfig:
             self.pruning,
             self.method,
             self.cost,
+            self.wire,
             self.evaluate,
             self.output,
             self.simulation,

@@ -105,6 +105,9 @@ def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
         method=config.pruning.method,
         importance_scope="pruned" if train.momentum == 0 and train.weight_decay == 0 else "all",
         seed=config.federation.seed,
+        wire_values=config.wire.values,
+        wire_importance=config.wire.importance,
+        wire_compression_level=config.wire.compression_level,
     )
 
 
@@ -153,7 +156,7 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
 
     nodes = NodeBook()
     comm = CommunicationLog(results.communication_path)
-    messenger = Messenger(model, nodes, comm)
+    messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)
     evaluator = None
     if config.evaluate.server:

@@ -173,7 +173,7 @@ def _on_client(
         raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
     try:
         record = reply.content.array_records[keys.ARRAYS]
-        mask = decode_mask(record, model.layout)
+        mask = decode_mask(record, model.layout, messenger.history.mask)
         if mask is None:
             raise WireError("the reply carries no mask")
         payload = decode_payload(record, model.layout, mask)

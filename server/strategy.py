@@ -38,7 +38,8 @@ from common.pruning import ImportanceRequest, PruningMethod, RoundPlan
 from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
-from common.wire.codec import decode_mask, decode_payload
+from common.wire.codec import MASK, decode_payload
+from common.wire.values import quantize
 
 from .aggregation import average_counters, masked_fedavg
 from .communication import CommunicationLog
@@ -117,6 +118,8 @@ class PruningFedAvg(FedAvg):
         self.row = RoundRow(round=0)
         self.plan = RoundPlan()
         self.sent: dict[int, NodeInfo] = {}
+        # the kept values as the clients decode them (lossy formats round them)
+        self.start_values = np.zeros(0, dtype=np.float32)
         self.sent_evaluate: dict[int, NodeInfo] = {}
         self.round_started = time.monotonic()
         self.run_started = time.monotonic()
@@ -169,6 +172,7 @@ class PruningFedAvg(FedAvg):
         self.plan = self.method.round_plan(server_round)
         self.sent = {node.node_id: node for node in sampled}
         self.row.clients = len(sampled)
+        self.start_values = quantize(self.model.kept_values(), self.config.wire.values)
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
         return self.messenger.model_messages(
             sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
@@ -204,13 +208,14 @@ class PruningFedAvg(FedAvg):
         record = content.array_records[keys.ARRAYS]
         expects_upload = self.plan.importance is ImportanceRequest.UPLOAD
         try:
-            if decode_mask(record, self.model.layout) is not None:
+            if MASK in record:
                 raise WireError("a client may not change the mask")
             payload = decode_payload(
                 record,
                 self.model.layout,
                 self.model.mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
+                reference=self.start_values,
             )
         except WireError as exc:
             raise RejectedReply(str(exc)) from exc
@@ -265,7 +270,8 @@ class PruningFedAvg(FedAvg):
 
     def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
         model, weights = self.model, [r.weight for r in accepted]
-        start_values = model.kept_values()
+        # what the clients started from: with lossy values, the rounded downlink values
+        start_values = self.start_values
         if self.plan.importance is not ImportanceRequest.OFF:
             lr = self.config.train.lr_at(server_round)
             plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0
