@@ -1,6 +1,6 @@
 """What a node keeps between rounds, in Flower's ``Context.state``.
 
-* the mask it last received, with its version (one bit per prunable weight), so
+* the mask it last received, with its version (one bit per float, packed), so
   that the server sends the mask only when the node's copy is stale, and then
   only its XOR delta against this copy where that is smaller;
 * under full participation, PruneFL's importance accumulator at pruned positions,
@@ -39,15 +39,17 @@ class NodeState:
         return int(self.versions["mask"])  # type: ignore[call-overload]
 
     def store_mask(self, mask: np.ndarray, version: int) -> None:
-        bits = np.packbits(self.layout.prunable_part(mask))
-        self.state[MASK_RECORD] = ArrayRecord({"bits": Array(bits)})
+        # the whole mask, packed (a bit per float): faster than gathering the prunable part
+        self.state[MASK_RECORD] = ArrayRecord({"bits": Array(np.packbits(mask))})
         self.versions["mask"] = version
 
     def cached_mask(self) -> np.ndarray:
         if self.mask_version == 0 or MASK_RECORD not in self.state:
             return self.layout.full_mask()
-        bits = np.unpackbits(self.state[MASK_RECORD]["bits"].numpy())[: self.layout.num_prunable]
-        return self.layout.mask_from_prunable(bits.astype(bool))
+        packed = self.state[MASK_RECORD]["bits"].numpy()
+        if packed.shape != (-(-self.layout.num_floats // 8),):
+            raise StaleMaskError(f"the stored mask version {self.mask_version} does not fit the layout")
+        return np.unpackbits(packed, count=self.layout.num_floats).view(bool)
 
     def resolve_mask(self, record: ArrayRecord, version: int) -> np.ndarray:
         """The mask of ``version`` in force: decoded from the message if it carries one
