@@ -51,11 +51,11 @@ DENSITY = 0.13  # the Conv-2 message
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n## {title}\n")
+    print(f"\n## {title}\n", flush=True)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        print("| " + " | ".join(_cell(c) for c in row) + " |")
+        print("| " + " | ".join(_cell(c) for c in row) + " |", flush=True)
 
 
 def _cell(value: object) -> str:
@@ -332,10 +332,16 @@ def importance_upload(model: nn.Module, layout, floats, mask, batches: list, lev
     )
 
 
-def accuracy_effect(rounds: int, num_clients: int) -> None:
+def accuracy_effect(rounds: int, num_clients: int, overrides: list[str]) -> None:
     from common.config import load_config
     from simulations.runner import simulate
 
+    header = ["values", "final accuracy", "density", "bytes down", "bytes up", "total", "/ bound", "wall s"]
+    extra = " + " + ", ".join(overrides) if overrides else ""
+    title = (
+        f"Accuracy effect of the value format: digits, PruneFL, {num_clients} clients, {rounds} rounds "
+        f"(Flower simulation engine; default configuration{extra})"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for fmt in VALUE_FORMATS:
@@ -347,6 +353,7 @@ def accuracy_effect(rounds: int, num_clients: int) -> None:
                     f"simulation.num-clients={num_clients}",
                     f"output.dir={folder}",
                     f"output.name={fmt}",
+                    *overrides,
                 ],
             )
             summary = simulate(config)
@@ -362,12 +369,7 @@ def accuracy_effect(rounds: int, num_clients: int) -> None:
                     summary.wall_time_s,
                 ]
             )
-    print_table(
-        f"Accuracy effect of the value format: digits, PruneFL, {num_clients} clients, {rounds} rounds "
-        f"(Flower simulation engine; otherwise the default configuration)",
-        ["values", "final accuracy", "density", "bytes down", "bytes up", "total", "/ bound", "wall s"],
-        rows,
-    )
+            print_table(title + f" [{len(rows)} of {len(VALUE_FORMATS)}]", header, rows)
 
 
 def main() -> None:
@@ -385,6 +387,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure")
     parser.add_argument("--accuracy-rounds", type=int, default=20, help="rounds per digits run (0 = skip)")
     parser.add_argument("--accuracy-clients", type=int, default=10)
+    parser.add_argument("--accuracy-set", action="append", default=[], help="extra key=value for those runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -406,7 +409,7 @@ def main() -> None:
     side_by_side(layout, floats, ints, masks["magnitude"], args.level)
     importance_upload(model, layout, floats, masks["magnitude"], batches, args.level)
     if args.accuracy_rounds:
-        accuracy_effect(args.accuracy_rounds, args.accuracy_clients)
+        accuracy_effect(args.accuracy_rounds, args.accuracy_clients, args.accuracy_set)
 
 
 if __name__ == "__main__":
