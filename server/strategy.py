@@ -39,7 +39,6 @@ from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
 from common.wire.codec import MASK, decode_payload
-from common.wire.values import quantize
 
 from .aggregation import average_counters, masked_fedavg
 from .communication import CommunicationLog
@@ -118,8 +117,9 @@ class PruningFedAvg(FedAvg):
         self.row = RoundRow(round=0)
         self.plan = RoundPlan()
         self.sent: dict[int, NodeInfo] = {}
-        # the kept values as the clients decode them (lossy formats round them)
-        self.start_values = np.zeros(0, dtype=np.float32)
+        # the kept values when the round's models were sent: with a lossy value format the
+        # clients reply with their update, which is added to these exact values
+        self.sent_values = np.zeros(0, dtype=np.float32)
         self.sent_evaluate: dict[int, NodeInfo] = {}
         self.round_started = time.monotonic()
         self.run_started = time.monotonic()
@@ -172,7 +172,7 @@ class PruningFedAvg(FedAvg):
         self.plan = self.method.round_plan(server_round)
         self.sent = {node.node_id: node for node in sampled}
         self.row.clients = len(sampled)
-        self.start_values = quantize(self.model.kept_values(), self.config.wire.values)
+        self.sent_values = self.model.kept_values()
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
         return self.messenger.model_messages(
             sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
@@ -215,7 +215,7 @@ class PruningFedAvg(FedAvg):
                 self.model.layout,
                 self.model.mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
-                reference=self.start_values,
+                reference=self.sent_values,
             )
         except WireError as exc:
             raise RejectedReply(str(exc)) from exc
@@ -270,8 +270,11 @@ class PruningFedAvg(FedAvg):
 
     def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
         model, weights = self.model, [r.weight for r in accepted]
-        # what the clients started from: with lossy values, the rounded downlink values
-        start_values = self.start_values
+        # Lossy formats: a reply is sent + the client's update (w_c - w_start), w_start the
+        # rounded values it received, so the rebuilt importance n ((w_c - w_start) / lr)^2 is
+        # the client's own movement, and the average update lands on the exact float32 copy
+        # (sub-ulp progress is kept across rounds instead of being rounded away).
+        start_values = self.sent_values
         if self.plan.importance is not ImportanceRequest.OFF:
             lr = self.config.train.lr_at(server_round)
             plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0

@@ -262,8 +262,9 @@ def test_lossy_values_take_two_bytes_each_and_keep_training(tmp_path):
 def test_importance_rebuilt_from_lossy_updates_starts_from_the_values_sent(tmp_path, monkeypatch):
     """With lr tiny, clients do not move their weights: the rebuilt importance must be zero.
 
-    Had the server used its float32 copy instead of the bfloat16 values the clients
-    started from, every rounding error divided by lr would show up as importance.
+    Had the server compared the clients' bfloat16 weights with its float32 copy
+    instead of taking their movement from the values they received, every rounding
+    error divided by lr would show up as importance.
     """
     rebuilt = []
     original = ImportanceAccumulator.add_from_update
