@@ -49,7 +49,9 @@ class Messenger:
             return None, 0.0
         model = self.model
         base_mask = self.history.mask(base)
-        array = codec.mask_array(model.layout, model.mask, self.wire, base_mask if base else None, base)
+        array = codec.mask_array(
+            model.layout, model.mask, self.wire, base_mask if base else None, base, model.kept_positions()
+        )
         return array, mask_bound_bits(model.layout, model.mask, base_mask)
 
     def model_messages(

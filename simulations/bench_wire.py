@@ -191,8 +191,8 @@ def iid_mask(layout: ModelLayout, density: float, seed: int) -> np.ndarray:
 
 
 def encode_message(layout: ModelLayout, floats, ints, mask, fmt: WireFormat) -> ArrayRecord:
-    kept = floats.take(np.flatnonzero(mask))
-    return encode_payload(ModelPayload(kept, ints, mask=mask), layout, fmt)
+    positions = np.flatnonzero(mask)
+    return encode_payload(ModelPayload(floats.take(positions), ints, mask=mask), layout, fmt, kept=positions)
 
 
 def decode_message(layout: ModelLayout, record: ArrayRecord) -> np.ndarray:

@@ -66,6 +66,8 @@ def test_mask_round_trip_whole_and_as_delta(new, old, level):
     new_mask, old_mask = mask_from(new), mask_from(old)
     whole, _ = mask_codec.encode_mask(LAYOUT, new_mask, level=level)
     assert np.array_equal(mask_codec.decode_mask(whole, LAYOUT, {}.get), new_mask)
+    kept = np.flatnonzero(new_mask)  # the same section when the caller passes the kept positions
+    assert mask_codec.encode_mask(LAYOUT, new_mask, level=level, kept=kept)[0] == whole
     delta, _ = mask_codec.encode_mask(LAYOUT, new_mask, old_mask, base_version=3, level=level)
     assert np.array_equal(mask_codec.decode_mask(delta, LAYOUT, {3: old_mask}.get), new_mask)
     assert len(delta) <= len(whole)  # a delta is never larger than the whole mask

@@ -96,8 +96,9 @@ def mask_array(
     fmt: WireFormat,
     base: np.ndarray | None = None,
     base_version: int = 0,
+    kept: np.ndarray | None = None,
 ) -> Array:
-    section, _ = masks.encode_mask(layout, mask, base, base_version, fmt.level)
+    section, _ = masks.encode_mask(layout, mask, base, base_version, fmt.level, kept)
     return _array(MASK, section)
 
 
@@ -111,13 +112,17 @@ def encode_payload(
     fmt: WireFormat = WireFormat(),
     base: np.ndarray | None = None,
     base_version: int = 0,
+    kept: np.ndarray | None = None,
 ) -> ArrayRecord:
-    """The payload as an ``ArrayRecord``; the mask as a delta against ``base`` when given."""
+    """The payload as an ``ArrayRecord``; the mask as a delta against ``base`` when given.
+
+    ``kept`` are the positions of True in ``payload.mask`` when the caller has them.
+    """
     arrays = {VALUES: values_array(payload.values, fmt, payload.relative)}
     if payload.counters.size:
         arrays[COUNTERS] = counters_array(payload.counters)
     if payload.mask is not None:
-        arrays[MASK] = mask_array(layout, payload.mask, fmt, base, base_version)
+        arrays[MASK] = mask_array(layout, payload.mask, fmt, base, base_version, kept)
     if payload.importance is not None:
         arrays[IMPORTANCE] = importance_array(payload.importance, fmt)
     return ArrayRecord(arrays)

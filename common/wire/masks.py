@@ -67,25 +67,27 @@ class CodedBits:
     body: bytes = b""
 
 
+def _rows_constant(rows: np.ndarray) -> bool:
+    """Whether every row of a 2-D bool array is all True or all False."""
+    return bool(np.array_equal(rows.all(axis=1), rows.any(axis=1)))
+
+
 def _channel_axis(bits: np.ndarray) -> int | None:
     """The axis (0 or 1) along which ``bits`` (a shaped tensor) varies alone, if any.
 
     Such a mask is constant along every other axis: whole output channels (axis
-    0) or whole input channels (axis 1) kept or pruned.
+    0) or whole input channels (axis 1) kept or pruned. Each test first looks at
+    one slice, so an unstructured mask is rejected at almost no cost.
     """
-    for axis in range(min(bits.ndim, 2)):
-        if bits.shape[axis] <= 1:
-            continue
-        moved = bits.reshape(bits.shape[0], -1) if axis == 0 else bits.reshape(*bits.shape[:2], -1)
-        # cheap rejection on one slice before the full check
-        probe = moved[0] if axis == 0 else moved[0].reshape(bits.shape[1], -1)
-        if axis == 0 and probe.all() != probe.any():
-            continue
-        if axis == 1 and not np.array_equal(probe.all(axis=1), probe.any(axis=1)):
-            continue
-        reduce = (1,) if axis == 0 else (0, 2)
-        if np.array_equal(moved.all(axis=reduce), moved.any(axis=reduce)):
-            return axis
+    if bits.ndim < 2:
+        return None
+    rows = bits.reshape(bits.shape[0], -1)
+    if rows[0].all() == rows[0].any() and _rows_constant(rows):
+        return 0
+    # axis 1: every slice along axis 0 equals the first, whose rows along axis 1 are constant
+    first = bits[0].reshape(bits.shape[1], -1)
+    if _rows_constant(first) and np.array_equal(bits[-1], bits[0]) and (bits == bits[:1]).all():
+        return 1
     return None
 
 
@@ -108,8 +110,11 @@ def expected_golomb_bytes(n: int, count: int) -> float:
     return count * (1 + quotient + max(b - 1, 0) + long) / 8
 
 
-def encode_bits(bits: np.ndarray, level: int) -> CodedBits:
-    """Code one tensor's bits (shaped bool array) with the smallest encoding."""
+def encode_bits(bits: np.ndarray, level: int, set_positions: np.ndarray | None = None) -> CodedBits:
+    """Code one tensor's bits (shaped bool array) with the smallest encoding.
+
+    ``set_positions`` are the flat positions of the set bits, when the caller has them.
+    """
     flat = bits.reshape(-1)
     n = flat.size
     ones = int(np.count_nonzero(flat))
@@ -127,7 +132,10 @@ def encode_bits(bits: np.ndarray, level: int) -> CodedBits:
     symbol = int(ones <= n - ones)
     count = ones if symbol else n - ones
     if count <= MAX_COUNT and expected_golomb_bytes(n, count) < 0.99 * len(best.body):
-        positions = np.flatnonzero(flat if symbol else ~flat)
+        if symbol and set_positions is not None:
+            positions = set_positions
+        else:
+            positions = np.flatnonzero(flat if symbol else ~flat)
         m = golomb_parameter(count / n)
         body = encode_gaps(positions_to_gaps(positions), m)
         if len(body) < len(best.body):
@@ -184,17 +192,23 @@ def encode_mask(
     base: np.ndarray | None = None,
     base_version: int = 0,
     level: int = 1,
+    kept: np.ndarray | None = None,
 ) -> tuple[bytes, list[CodedBits]]:
     """The mask section of ``mask`` (a full mask), as a delta against ``base`` when given.
 
     ``base`` is the mask of version ``base_version`` that the receiver holds
-    (None: code every tensor directly; the base version is then 0). Returns the
-    section and the chosen encodings (for the benchmark's table).
+    (None: code every tensor directly; the base version is then 0). ``kept`` are
+    the positions of True in ``mask`` when the caller has them (saves a pass).
+    Returns the section and the chosen encodings (for the benchmark's table).
     """
     headers, bodies, chosen = [], [], []
     for tensor in layout.prunable:
         bits = _tensor_bits(mask, tensor)
-        mode, coded = DIRECT, encode_bits(bits, level)
+        ones = None
+        if kept is not None:
+            start, stop = np.searchsorted(kept, [tensor.offset, tensor.offset + tensor.size])
+            ones = kept[start:stop] - tensor.offset
+        mode, coded = DIRECT, encode_bits(bits, level, ones)
         if base is not None and coded.encoding not in (CONSTANT, CHANNELS):
             delta = encode_bits(bits ^ _tensor_bits(base, tensor), level)
             if len(delta.body) < len(coded.body):
