@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 
 from common import keys
 from common.wire import (
+    MessageBytes,
     WireError,
     WireFormat,
     codec,
@@ -149,8 +150,8 @@ class Messenger:
         direction: str,
         node_id: int,
         bound: float | None = None,
-    ) -> None:
-        """Measure one message and append it to the communication log.
+    ) -> MessageBytes:
+        """Measure one message, append it to the communication log and return its bytes.
 
         ``bound`` is the message's bound when the caller knows it (the payloads it
         built); otherwise it is read from the payload.
@@ -171,3 +172,4 @@ class Messenger:
             bound or 0.0,
             dense,
         )
+        return measured

@@ -21,6 +21,8 @@ from flwr.supercore import log
 
 from common import keys
 
+from .validation import RejectedReply, describe_metrics, required_records
+
 
 @dataclass
 class NodeInfo:
@@ -86,17 +88,26 @@ class NodeBook:
         if reply.has_error():
             return f"describe failed: {reply.error.reason}"
         try:
-            metrics = reply.content[keys.METRICS]
-            info = NodeInfo(
-                node_id=node_id,
-                partition_id=int(metrics[keys.PARTITION_ID]),
-                num_partitions=int(metrics[keys.NUM_PARTITIONS]),
-                train_size=int(metrics[keys.TRAIN_SIZE]),
-                test_size=int(metrics[keys.TEST_SIZE]),
+            required_records(reply.content, [], [keys.METRICS])
+            described = describe_metrics(reply.content.metric_records[keys.METRICS])
+        except RejectedReply as exc:
+            return f"describe reply rejected: {exc}"
+        twin = self.by_partition(described.partition_id)
+        if twin is not None:
+            log(
+                WARNING,
+                "node %d describes partition %d, which node %d holds too; both take part",
+                node_id,
+                described.partition_id,
+                twin.node_id,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            return f"malformed describe reply ({exc!r})"
-        self.nodes[node_id] = info
+        self.nodes[node_id] = NodeInfo(
+            node_id=node_id,
+            partition_id=described.partition_id,
+            num_partitions=described.num_partitions,
+            train_size=described.train_size,
+            test_size=described.test_size,
+        )
         return None
 
     def wait_for(

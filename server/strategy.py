@@ -40,7 +40,9 @@ from common.training import Evaluation
 from common.wire import WireError
 from common.wire.codec import MASK, decode_payload
 
+from . import validation
 from .aggregation import average_counters, masked_fedavg
+from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
@@ -48,6 +50,7 @@ from .importance import ImportanceAccumulator
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
 from .results import ResultsWriter, RoundRow
+from .validation import Exchange, RejectedReply
 
 STALE_MASK = "stale-mask"  # prefix of a client's error reason when it lacks the mask
 
@@ -63,8 +66,15 @@ class TrainReply:
     loss: float
 
 
-class RejectedReply(ValueError):
-    """A reply that cannot be aggregated; the message says why."""
+@dataclass(frozen=True)
+class Rejection:
+    """One dropped reply: when, from whom, and why (see :mod:`server.validation`)."""
+
+    server_round: int
+    phase: str
+    node_id: int
+    kind: str
+    detail: str
 
 
 def format_bytes(n: float) -> str:
@@ -125,6 +135,13 @@ class PruningFedAvg(FedAvg):
         self.run_started = time.monotonic()
         self.modelled_elapsed = 0.0
         self.grid: Grid | None = None
+        self.max_reply_bytes = validation.max_reply_bytes(model.layout)
+        self.exchanges: dict[str, Exchange] = {}
+        self.rejections: list[Rejection] = []
+        self.clients_hold_importance = False  # True after a round in which clients only accumulated
+        self.checkpoints = CheckpointPlanner(
+            CheckpointSchedule(config.output.checkpoint_every, config.federation.rounds)
+        )
 
     # -- logging ---------------------------------------------------------------------
     def summary(self) -> None:
@@ -174,9 +191,13 @@ class PruningFedAvg(FedAvg):
         self.row.clients = len(sampled)
         self.sent_values = self.model.kept_values()
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
-        return self.messenger.model_messages(
+        messages = self.messenger.model_messages(
             sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
         )
+        self.exchanges["train"] = Exchange(
+            server_round, keys.TRAIN, self.sent, messages, self.max_reply_bytes
+        )
+        return messages
 
     def _importance_positions(self) -> np.ndarray:
         layout = self.model.layout
@@ -185,26 +206,23 @@ class PruningFedAvg(FedAvg):
         return layout.parameter_positions
 
     def decode_train_reply(self, reply: Message) -> TrainReply:
-        """Check one training reply against what was sent; raise RejectedReply if unusable."""
-        node_id = reply.metadata.src_node_id
-        node = self.sent.get(node_id)
-        if node is None:
-            raise RejectedReply(f"node {node_id} was not asked to train this round")
+        """Check one training reply's content (see :mod:`server.validation`); raise RejectedReply.
+
+        The reply's origin (asked, once, this round, size) is checked before.
+        """
+        node = self.sent[reply.metadata.src_node_id]
         content = reply.content
-        if keys.ARRAYS not in content.array_records or keys.METRICS not in content.metric_records:
-            raise RejectedReply("reply lacks its arrays or metrics record")
-        metrics = content.metric_records[keys.METRICS]
-        try:
-            samples = int(metrics[keys.SAMPLES_PROCESSED])
-            weight = float(metrics[keys.NUM_EXAMPLES])
-            loss = float(metrics[keys.TRAIN_LOSS])
-            version = int(metrics[keys.MASK_VERSION])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RejectedReply(f"metrics record incomplete or malformed: {exc!r}") from exc
-        if version != self.model.mask_version:
-            raise RejectedReply(f"trained under mask version {version}, not {self.model.mask_version}")
-        if not (samples > 0 and math.isfinite(weight) and weight > 0):
-            raise RejectedReply(f"samples-processed {samples} / num-examples {weight} must be positive")
+        validation.required_records(content, [keys.ARRAYS], [keys.METRICS])
+        train = self.config.train
+        checked = validation.train_metrics(
+            content.metric_records[keys.METRICS],
+            local_steps=train.local_steps,
+            batch_size=train.batch_size,
+            weighting=train.weighting,
+            train_size=node.train_size,
+            current_mask_version=self.model.mask_version,
+        )
+        samples, weight, loss = checked.samples, checked.weight, checked.loss
         record = content.array_records[keys.ARRAYS]
         expects_upload = self.plan.importance is ImportanceRequest.UPLOAD
         try:
@@ -218,36 +236,30 @@ class PruningFedAvg(FedAvg):
                 reference=self.sent_values,
             )
         except WireError as exc:
-            raise RejectedReply(str(exc)) from exc
-        if not np.isfinite(payload.values).all():
-            raise RejectedReply("values contain NaN or Inf")
-        if payload.importance is not None and not (
-            np.isfinite(payload.importance).all() and (payload.importance >= 0).all()
-        ):
-            raise RejectedReply("importance must be finite and non-negative")
+            raise RejectedReply("bad-payload", str(exc)) from exc
+        validation.finite_array("values", payload.values)
+        if payload.importance is not None:
+            validation.finite_array("importance", payload.importance, nonnegative=True)
         return TrainReply(node, payload.values, payload.counters, payload.importance, samples, weight, loss)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[TrainReply] = []
-        answered: set[int] = set()
+        exchange = self.exchanges["train"]
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            answered.add(node_id)
-            self.messenger.log(reply, server_round, "train", "up", node_id)
-            if reply.has_error():
-                self.row.failures += 1
-                log(WARNING, "round %d: node %d failed: %s", server_round, node_id, reply.error.reason)
-                if reply.error.reason.startswith(STALE_MASK):
-                    self.nodes.mark_stale([node_id])
-                continue
+            measured = self.messenger.log(reply, server_round, "train", "up", node_id)
             try:
+                exchange.accept_origin(reply, measured.total)
+                if reply.has_error():
+                    self._failed(server_round, "train", node_id, reply.error.reason)
+                    continue
                 accepted.append(self.decode_train_reply(reply))
             except RejectedReply as exc:
-                self.row.rejected += 1
-                log(WARNING, "round %d: reply of node %d rejected: %s", server_round, node_id, exc)
-        self.row.failures += len(set(self.sent) - answered)
+                self._reject(server_round, "train", node_id, exc)
+        for node_id in sorted(exchange.missing()):
+            self._failed(server_round, "train", node_id, "no reply within federation.round-timeout")
         self._update_round_time(server_round, accepted)
         if len(accepted) < self.config.federation.min_clients:
             log(
@@ -267,6 +279,25 @@ class PruningFedAvg(FedAvg):
         )
         metrics = MetricRecord({"train-loss": self.row.train_loss, "density": self.model.density})
         return self.model.to_arrayrecord(), metrics
+
+    def _failed(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
+        """Count a node that answered with an error or not at all; the round goes on."""
+        if phase == "train":
+            self.row.failures += 1
+        else:
+            self.row.evaluate_failures += 1
+        log(WARNING, "round %d: %s on node %d failed: %s", server_round, phase, node_id, reason)
+        if reason.startswith(STALE_MASK):
+            self.nodes.mark_stale([node_id])
+
+    def _reject(self, server_round: int, phase: str, node_id: int, exc: RejectedReply) -> None:
+        """Count and log a reply that is dropped (see :mod:`server.validation`)."""
+        if phase == "train":
+            self.row.rejected += 1
+        else:
+            self.row.evaluate_rejected += 1
+        self.rejections.append(Rejection(server_round, phase, node_id, exc.kind, exc.detail))
+        log(WARNING, "round %d: %s reply of node %d rejected: %s", server_round, phase, node_id, exc)
 
     def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
         model, weights = self.model, [r.weight for r in accepted]
@@ -334,44 +365,48 @@ class PruningFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         fraction = self.config.evaluate.client_fraction
+        self.sent_evaluate = {}
+        self.exchanges["evaluate"] = Exchange(server_round, keys.EVALUATE, {}, [], self.max_reply_bytes)
         if fraction == 0 or server_round % self.config.evaluate.every != 0:
             return []
         count = max(1, math.ceil(fraction * len(self.nodes)))
         targets = self.nodes.sample(server_round, count, self.config.federation.seed, stream=1)
         self.sent_evaluate = {n.node_id: n for n in targets}
-        return self.messenger.model_messages(
+        messages = self.messenger.model_messages(
             targets, keys.EVALUATE, self.task_config(server_round, RoundPlan()), server_round, "evaluate"
         )
+        self.exchanges["evaluate"] = Exchange(
+            server_round, keys.EVALUATE, self.sent_evaluate, messages, self.max_reply_bytes
+        )
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         losses, accuracies, sizes = [], [], []
+        exchange = self.exchanges["evaluate"]
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            self.messenger.log(reply, server_round, "evaluate", "up", node_id)
-            if reply.has_error():
-                log(
-                    WARNING,
-                    "round %d: evaluation on node %d failed: %s",
-                    server_round,
-                    node_id,
-                    reply.error.reason,
-                )
-                if reply.error.reason.startswith(STALE_MASK):
-                    self.nodes.mark_stale([node_id])
-                continue
+            measured = self.messenger.log(reply, server_round, "evaluate", "up", node_id)
             try:
-                metrics = reply.content.metric_records[keys.METRICS]
-                n = int(metrics[keys.NUM_EXAMPLES])
-                loss, accuracy = float(metrics[keys.EVAL_LOSS]), float(metrics[keys.EVAL_ACCURACY])
-            except (KeyError, TypeError, ValueError) as exc:
-                log(WARNING, "round %d: evaluation reply of node %d rejected: %r", server_round, node_id, exc)
+                exchange.accept_origin(reply, measured.total)
+                if reply.has_error():
+                    self._failed(server_round, "evaluate", node_id, reply.error.reason)
+                    continue
+                validation.required_records(reply.content, [], [keys.METRICS])
+                checked = validation.evaluate_metrics(
+                    reply.content.metric_records[keys.METRICS],
+                    test_size=self.sent_evaluate[node_id].test_size,
+                    current_mask_version=self.model.mask_version,
+                )
+            except RejectedReply as exc:
+                self._reject(server_round, "evaluate", node_id, exc)
                 continue
-            if n > 0 and math.isfinite(loss) and 0 <= accuracy <= 1:
-                losses.append(loss)
-                accuracies.append(accuracy)
-                sizes.append(n)
-                if node_id in self.sent_evaluate:
-                    self.sent_evaluate[node_id].mask_version = self.model.mask_version
+            self.sent_evaluate[node_id].mask_version = self.model.mask_version
+            if checked.samples > 0:  # a node without test data has nothing to contribute
+                losses.append(checked.loss)
+                accuracies.append(checked.accuracy)
+                sizes.append(checked.samples)
+        for node_id in sorted(exchange.missing()):
+            self._failed(server_round, "evaluate", node_id, "no reply within federation.round-timeout")
         if not sizes:
             return None
         result = MetricRecord(
@@ -419,6 +454,7 @@ class PruningFedAvg(FedAvg):
         self.rows.append(row)
         if self.results is not None:
             self.results.append_round(row)
+        self._checkpoint_if_due(server_round)
         log(
             INFO,
             "[round %d/%d] accuracy %s | density %.4f | down %s up %s (bound %s, dense %s) | %.1f s",
@@ -433,3 +469,57 @@ class PruningFedAvg(FedAvg):
             row.wall_time_s,
         )
         return result
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_if_due(self, server_round: int) -> None:
+        """Write a checkpoint when one is due and no client holds state the server lacks.
+
+        Under full participation PruneFL's clients keep their importance sums between
+        reconfigurations (``ACCUMULATE`` rounds); a restart would lose them, so a
+        checkpoint waits for the next round in which they upload and clear them.
+        """
+        request = self.plan.importance
+        if request is ImportanceRequest.ACCUMULATE:
+            self.clients_hold_importance = True
+        elif request is ImportanceRequest.UPLOAD:
+            self.clients_hold_importance = False
+        if self.results is None or not self.checkpoints.due(server_round, self.clients_hold_importance):
+            return
+        folder = write_checkpoint(self.results.folder, server_round, self.state_dict(server_round))
+        log(INFO, "round %d: checkpoint written to %s", server_round, folder)
+
+    def state_dict(self, server_round: int) -> dict:
+        """Everything needed to continue after ``server_round``, as arrays and scalars."""
+        rows = [dataclasses.asdict(row) for row in self.rows]
+        return {
+            "round": server_round,
+            "config": self.config.to_flat(),
+            "layout": self.model.layout.fingerprint,
+            "model": self.model.state_dict(),
+            "importance": self.importance.state_dict(),
+            "communication": self.comm.state_dict(),
+            "results": self.results.state_dict() if self.results is not None else {},
+            "cost": {"bytes_per_value": self.cost.bytes_per_value},
+            "method": self.method.state_dict(),
+            "strategy": {
+                "modelled_elapsed": self.modelled_elapsed,
+                "elapsed_s": time.monotonic() - self.run_started,
+                "clients_hold_importance": self.clients_hold_importance,
+                "rows": rows,
+            },
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (the results files are truncated by the caller)."""
+        self.model.load_state_dict(state["model"])
+        self.importance.load_state_dict(state["importance"])
+        self.comm.load_state_dict(state["communication"])
+        self.cost = self.cost.with_bytes_per_value(float(state["cost"]["bytes_per_value"]))
+        self.method.load_state_dict(state["method"])
+        mine = state["strategy"]
+        self.modelled_elapsed = float(mine["modelled_elapsed"])
+        self.run_started = time.monotonic() - float(mine["elapsed_s"])
+        self.clients_hold_importance = bool(mine["clients_hold_importance"])
+        self.rows = [RoundRow(**row) for row in mine["rows"]]
+        load_rng_state(state["rng"])
