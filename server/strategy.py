@@ -64,6 +64,7 @@ class TrainReply:
     samples: int
     weight: float
     loss: float
+    values_bytes: int = 0  # measured bytes of the reply's values
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ class PruningFedAvg(FedAvg):
                     self._failed(server_round, "train", node_id, reply.error.reason)
                     continue
                 accepted.append(self.decode_train_reply(reply))
+                accepted[-1].values_bytes = measured.values
             except RejectedReply as exc:
                 self._reject(server_round, "train", node_id, exc)
         for node_id in sorted(exchange.missing()):
@@ -348,15 +350,19 @@ class PruningFedAvg(FedAvg):
         """PruneFL's modelled round time, and c_comm from the bytes measured this round.
 
         The round lasts as long as its slowest client: E modelled local iterations
-        plus that client's measured bytes (down and up) over the link.
+        plus that client's measured bytes (down and up) over the link. c_comm comes
+        from the value bytes of the replies that were accepted, so that a rejected
+        or missing reply does not move the cost model (nor, through it, the mask).
         """
         compute = self.cost.compute_time(self.model.kept_per_layer())
         per_node = [self.comm.bytes_of(server_round, "train", node_id) for node_id in self.sent]
         transfer = max((self.cost.transfer_time(b) for b in per_node), default=0.0)
         self.row.modelled_round_time_s = compute + transfer
         if accepted:
-            values = self.comm.rounds[server_round]
-            bytes_per_client = (values.down.measured.values + values.up.measured.values) / len(self.sent)
+            down = self.comm.rounds[server_round].down
+            bytes_per_client = down.measured.values / down.messages + float(
+                np.mean([r.values_bytes for r in accepted])
+            )
             kept = int(np.count_nonzero(self.model.mask))
             self.cost = self.cost.with_bytes_per_value(bytes_per_client / kept)
 
