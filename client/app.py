@@ -37,7 +37,7 @@ from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, client_split
 from common.initial_data import initial_data_for
 from common.layout import ModelLayout
-from common.models import build_model
+from common.models import MODELS, build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
 from common.task import TaskSpec
@@ -93,8 +93,15 @@ def prepare(message: Message, context: Context) -> Job:
     spec = TaskSpec.from_message_config(message.content.config_records[keys.CONFIG])
     if spec.dataset not in DATASETS:
         raise BadMessage(f"unknown dataset {spec.dataset!r}")
+    if spec.model not in MODELS:
+        raise BadMessage(f"unknown model {spec.model!r}; this node knows {sorted(MODELS)}")
     partition_id = _node_int(context, keys.NODE_PARTITION_ID)
     num_partitions = _node_int(context, keys.NODE_NUM_PARTITIONS)
+    if not 0 <= partition_id < num_partitions:
+        raise BadMessage(
+            f"node config '{keys.NODE_PARTITION_ID}' = {partition_id} must lie in "
+            f"[0, {keys.NODE_NUM_PARTITIONS} = {num_partitions})"
+        )
     data_dir = context.node_config.get(keys.NODE_DATA_DIR) or spec.data_dir
     source = DATASETS[spec.dataset]
     data = client_split(
@@ -121,6 +128,8 @@ def load_model(job: Job, record: ArrayRecord) -> tuple[np.ndarray, np.ndarray]:
     """Decode the model into ``job.model``; return the mask in force and the kept values received."""
     mask = job.state.resolve_mask(record, job.spec.mask_version)
     payload = decode_payload(record, job.layout, mask)
+    if not np.isfinite(payload.values).all():
+        raise BadMessage("the model's values contain NaN or Inf")
     floats = np.zeros(job.layout.num_floats, dtype=np.float32)
     floats[np.flatnonzero(mask)] = payload.values  # by index: several times faster than by mask
     load_flat(job.model, job.layout, floats, payload.counters)

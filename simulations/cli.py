@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from common.config import AppConfig, load_config, read_preset
 from common.settings import ConfigError
@@ -68,7 +69,7 @@ def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:
         resolved.check_simulation()
         preflight(resolved)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=2) from None
     return resolved
 
@@ -102,7 +103,7 @@ def resolve_resume(
         checkpoint = latest_checkpoint(folder)
         check_fits(checkpoint, resolved, layout)
     except (ConfigError, CheckpointError, RunError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=2) from None
     return resolved, checkpoint
 
@@ -121,7 +122,7 @@ def simulate(config: ConfigOption = None, set_: SetOption = None, resume: Resume
     try:
         summary = run(resolved, checkpoint)
     except (SimulationError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     typer.echo(summary.last_line())
 
