@@ -217,9 +217,9 @@ def test_nothing_that_needs_pickling_is_written_or_read(tmp_path):
         write_checkpoint(tmp_path, 1, {"bad": np.array([{"a": 1}], dtype=object)})
     folder = tmp_path / CHECKPOINT_DIR / "round-000002"
     folder.mkdir(parents=True)
-    np.save(folder / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    (folder / "evil.npy").rename(folder / "arrays.npz")
-    (folder / "state.json").write_text('{"format": 1, "round": 2, "state": {}}')
+    # an object array inside the .npz is pickled data: reading it must fail, not unpickle
+    np.savez(folder / "arrays.npz", evil=np.array([{"a": 1}], dtype=object))
+    (folder / "state.json").write_text('{"format": 1, "round": 2, "state": {"x": {"__array__": "evil"}}}')
     with pytest.raises(CheckpointError, match="cannot be read"):
         latest_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
