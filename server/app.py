@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from common.config import AppConfig
+from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel, ProfileError, load_profile
 from common.data import DATASETS, load_dataset
 from common.layout import ModelLayout
@@ -131,19 +131,21 @@ def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
 
 
 def preflight(config: AppConfig) -> ModelLayout:
-    """Checks that need files (device profile, data set) before any client starts; the model's layout."""
+    """Checks of ``fedprune simulate`` that need files (device profile, data set), before any
+    client starts; returns the model's layout."""
     source = DATASETS[config.data.dataset]
     layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
     cost_model_for(config, layout)
     data_dir = config.data.resolved_dir()
     if data_dir is not None and not data_dir.is_dir():
-        key = "data.dir" if config.data.dir else "$FEDPRUNE_DATA_DIR"
-        raise ConfigError(key, str(data_dir), 'an existing folder (or "" for none)')
-    if config.evaluate.server or getattr(config.method, "initial_pruning", "") == "server":
-        try:
-            load_dataset(config.data.dataset, config.data.resolved_dir())
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+        if config.data.dir:
+            raise ConfigError("data.dir", config.data.dir, f"an existing folder ({data_dir} is none)")
+        raise ConfigError(DATA_DIR_ENV, str(data_dir), "an existing folder", what="environment variable")
+    # The simulated clients read the same files: check them even when the server needs none.
+    try:
+        load_dataset(config.data.dataset, config.data.resolved_dir())
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
     return layout
 
 

@@ -53,6 +53,7 @@ from .results import ResultsWriter, RoundRow
 from .validation import Exchange, RejectedReply
 
 STALE_MASK = "stale-mask"  # prefix of a client's error reason when it lacks the mask
+NO_REPLY = "no reply to this round's message within federation.round-timeout"
 
 
 @dataclass
@@ -65,17 +66,6 @@ class TrainReply:
     weight: float
     loss: float
     values_bytes: int = 0  # measured bytes of the reply's values
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One dropped reply: when, from whom, and why (see :mod:`server.validation`)."""
-
-    server_round: int
-    phase: str
-    node_id: int
-    kind: str
-    detail: str
 
 
 def format_bytes(n: float) -> str:
@@ -138,7 +128,6 @@ class PruningFedAvg(FedAvg):
         self.grid: Grid | None = None
         self.max_reply_bytes = validation.max_reply_bytes(model.layout)
         self.exchanges: dict[str, Exchange] = {}
-        self.rejections: list[Rejection] = []
         self.clients_hold_importance = False  # True after a round in which clients only accumulated
         self.checkpoints = CheckpointPlanner(
             CheckpointSchedule(config.output.checkpoint_every, config.federation.rounds)
@@ -261,7 +250,7 @@ class PruningFedAvg(FedAvg):
             except RejectedReply as exc:
                 self._reject(server_round, "train", node_id, exc)
         for node_id in sorted(exchange.missing()):
-            self._failed(server_round, "train", node_id, "no reply within federation.round-timeout")
+            self._failed(server_round, "train", node_id, NO_REPLY)
         self._update_round_time(server_round, accepted)
         if len(accepted) < self.config.federation.min_clients:
             log(
@@ -298,7 +287,6 @@ class PruningFedAvg(FedAvg):
             self.row.rejected += 1
         else:
             self.row.evaluate_rejected += 1
-        self.rejections.append(Rejection(server_round, phase, node_id, exc.kind, exc.detail))
         log(WARNING, "round %d: %s reply of node %d rejected: %s", server_round, phase, node_id, exc)
 
     def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
@@ -412,7 +400,7 @@ class PruningFedAvg(FedAvg):
                 accuracies.append(checked.accuracy)
                 sizes.append(checked.samples)
         for node_id in sorted(exchange.missing()):
-            self._failed(server_round, "evaluate", node_id, "no reply within federation.round-timeout")
+            self._failed(server_round, "evaluate", node_id, NO_REPLY)
         if not sizes:
             return None
         result = MetricRecord(

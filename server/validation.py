@@ -81,6 +81,16 @@ class Exchange:
 
     def __post_init__(self) -> None:
         self.answered: set[int] = set()
+        self._sent_ids: dict[int, set[str]] | None = None  # filled on the first reply: ids exist once sent
+
+    def _ids_sent_to(self, node_id: int) -> set[str]:
+        if self._sent_ids is None:
+            self._sent_ids = {}
+            for message in self.messages:
+                self._sent_ids.setdefault(message.metadata.dst_node_id, set()).add(
+                    message.metadata.message_id
+                )
+        return self._sent_ids.get(node_id, set())
 
     def accept_origin(self, reply: Message, measured_bytes: int) -> None:
         """Check who sent ``reply``, for which message, and its size; remember the sender."""
@@ -96,8 +106,7 @@ class Exchange:
             raise RejectedReply(
                 "wrong-round", f"reply of type {metadata.message_type!r}, expected {self.message_type!r}"
             )
-        sent_ids = {m.metadata.message_id for m in self.messages if m.metadata.dst_node_id == node_id}
-        if metadata.reply_to_message_id not in sent_ids:
+        if metadata.reply_to_message_id not in self._ids_sent_to(node_id):
             raise RejectedReply(
                 "wrong-round", f"reply to message {metadata.reply_to_message_id!r}, not to this round's"
             )
@@ -110,7 +119,7 @@ class Exchange:
             )
 
     def missing(self) -> set[int]:
-        """Nodes that were addressed and did not answer (or whose reply was lost)."""
+        """Nodes that were addressed and sent no reply to this round's message."""
         return set(self.nodes) - self.answered
 
 
