@@ -14,6 +14,8 @@ from flwr.app import Array, Context, Message, RecordDict
 
 from client.app import app as client_app
 from common.config import load_config
+from common.wire.codec import STYPES
+from common.wire.values import decode_values, encode_values, read_header
 from server.app import run_federation
 from tests.inprocess_grid import InProcessGrid, through_wire
 
@@ -77,16 +79,41 @@ def no_config(key: str) -> Damage:
     return damage
 
 
-def array(name: str, make: Callable[[np.ndarray], Array | None]) -> Damage:
+def numbers(name: str, change: Callable[[np.ndarray], np.ndarray]) -> Damage:
+    """Decode value section ``name``, change its numbers and encode them again."""
+
     def damage(message: Message) -> None:
         record = message.content.array_records["arrays"]
-        replacement = make(record[name].numpy() if name in record else np.zeros(0))
-        if replacement is None:
-            del record[name]
-        else:
-            record[name] = replacement
+        section = record[name].data
+        values, _ = decode_values(section, read_header(section, name)[1], name)
+        record[name] = raw_array(name, encode_values(change(values), "float32", 1))
 
     return damage
+
+
+def section(name: str, change: Callable[[bytes], bytes | None]) -> Damage:
+    """Change the bytes of array ``name`` (None: remove the array)."""
+
+    def damage(message: Message) -> None:
+        record = message.content.array_records["arrays"]
+        data = change(record[name].data)
+        if data is None:
+            del record[name]
+        else:
+            record[name] = raw_array(name, data)
+
+    return damage
+
+
+def put(name: str, array: Array) -> Damage:
+    def damage(message: Message) -> None:
+        message.content.array_records["arrays"][name] = array
+
+    return damage
+
+
+def raw_array(name: str, data: bytes) -> Array:
+    return Array(dtype="uint8", shape=(len(data),), stype=STYPES[name], data=data)
 
 
 def no_record(kind: str, name: str) -> Damage:
@@ -147,49 +174,49 @@ CASES: dict[str, tuple[str, Damage, dict | None, str]] = {
     ),
     "values-truncated": (
         "train",
-        array("values", lambda v: Array(v[:-7])),
+        numbers("values", lambda v: v[:-7]),
         None,
         "bad message: array 'values' has",
     ),
-    "values-float64": (
+    "values-as-npy": (
         "train",
-        array("values", lambda v: Array(v.astype(np.float64))),
+        put("values", Array(np.zeros(3, np.float32))),
         None,
-        "bad message: array 'values' has dtype float64",
+        "bad message: array 'values' has stype 'numpy.ndarray'",
     ),
     "values-undecodable": (
         "train",
-        array("values", lambda v: Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"junk")),
+        section("values", lambda b: b"junk"),
         None,
-        "bad message: array 'values' is not a readable .npy array",
+        "bad message: array 'values' is truncated",
     ),
     "values-nan": (
         "train",
-        array("values", lambda v: Array(np.full_like(v, np.nan))),
+        numbers("values", lambda v: np.full_like(v, np.nan)),
         None,
         "bad message: the model's values contain NaN",
     ),
     "unexpected-array": (
         "train",
-        array("extra", lambda v: Array(np.zeros(2, np.float32))),
+        put("extra", Array(np.zeros(2, np.float32))),
         None,
         "bad message: unexpected arrays ['extra']",
     ),
     "mask-truncated": (
         "train",
-        array("mask", lambda m: Array(m[:-1])),
+        section("mask", lambda b: b[:-1]),
         None,
-        "bad message: array 'mask' has",
+        "bad message: mask section is truncated",
     ),
     "mask-too-long": (
         "train",
-        array("mask", lambda m: Array(np.concatenate([m, np.zeros(1, np.uint8)]))),
+        section("mask", lambda b: b + b"\0"),
         None,
-        "bad message: array 'mask' has",
+        "bad message: mask section has 1 bytes past its last section",
     ),
     "mask-missing": (
         "train",
-        array("mask", lambda m: None),
+        section("mask", lambda b: None),
         None,
         "stale-mask: node holds mask version 0, the message needs 1",
     ),
@@ -207,7 +234,7 @@ CASES: dict[str, tuple[str, Damage, dict | None, str]] = {
     ),
     "evaluate-values-truncated": (
         "evaluate",
-        array("values", lambda v: Array(v[:5])),
+        numbers("values", lambda v: v[:5]),
         None,
         "bad message: array 'values' has 5 entries",
     ),

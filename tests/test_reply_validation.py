@@ -21,7 +21,9 @@ from client.app import app as client_app
 from common.config import load_config
 from common.layout import ModelLayout
 from common.models import build_model
-from common.wire import ModelPayload, encode_payload, measure_message
+from common.wire import ModelPayload, WireFormat, encode_payload, measure_message
+from common.wire.codec import STYPES, mask_array
+from common.wire.values import decode_values, encode_values, read_header
 from server.app import RunError, run_federation
 from server.results import read_rounds
 from server.validation import max_reply_bytes
@@ -140,20 +142,43 @@ def drop_metric(name: str) -> Tamper:
     return tamper
 
 
-def array(name: str, make: Callable[[np.ndarray], Array | None]) -> Tamper:
-    """Replace (or with None, remove) array ``name`` of the reply's arrays record."""
+def numbers(name: str, change: Callable[[np.ndarray], np.ndarray | None]) -> Tamper:
+    """Decode value section ``name``, change its numbers (None: drop it) and encode it again."""
 
     def tamper(reply: Message, _sent: Message) -> list[Message]:
         record = reply.content.array_records["arrays"]
-        current = record[name].numpy() if name in record else np.zeros(0, np.float32)
-        replacement = make(current)
-        if replacement is None:
+        section = record[name].data
+        numbers, _ = decode_values(section, read_header(section, name)[1], name)
+        changed = change(numbers)
+        if changed is None:
             del record[name]
         else:
-            record[name] = replacement
+            record[name] = raw_array(name, encode_values(changed, "float32", 1))
         return [reply]
 
     return tamper
+
+
+def replace(name: str, array: Array) -> Tamper:
+    """Put ``array`` in the place of array ``name``."""
+
+    def tamper(reply: Message, _sent: Message) -> list[Message]:
+        reply.content.array_records["arrays"][name] = array
+        return [reply]
+
+    return tamper
+
+
+def drop_array(name: str) -> Tamper:
+    def tamper(reply: Message, _sent: Message) -> list[Message]:
+        del reply.content.array_records["arrays"][name]
+        return [reply]
+
+    return tamper
+
+
+def raw_array(name: str, data: bytes) -> Array:
+    return Array(dtype="uint8", shape=(len(data),), stype=STYPES[name], data=data)
 
 
 def metadata(field: str, value) -> Tamper:
@@ -185,12 +210,6 @@ def padded(reply: Message, _sent: Message) -> list[Message]:
     return [reply]
 
 
-def garbage(current: np.ndarray) -> Array:
-    return Array(
-        dtype="float32", shape=tuple(current.shape), stype="numpy.ndarray", data=b"\x93NUMPY garbage"
-    )
-
-
 TRAIN_CASES: dict[str, tuple[Tamper, str | None, int, int]] = {
     # name: (forgery, kind logged (None: an error reply), rejected, failures)
     "not-asked": (metadata("_src_node_id", 999), "not-asked", 1, 1),
@@ -211,23 +230,28 @@ TRAIN_CASES: dict[str, tuple[Tamper, str | None, int, int]] = {
     "loss-nan": (metric("train-loss", float("nan")), "non-finite", 1, 0),
     "stale-mask-version": (metric("mask-version", 0), "mask-version", 1, 0),
     "unknown-mask-version": (metric("mask-version", 5), "mask-version", 1, 0),
-    "values-nan": (array("values", lambda v: Array(np.full_like(v, np.nan))), "non-finite", 1, 0),
-    "values-inf": (array("values", lambda v: Array(np.where(v > 0, np.inf, v))), "non-finite", 1, 0),
-    "values-truncated": (array("values", lambda v: Array(v[:-1])), "bad-payload", 1, 0),
-    "values-float64": (array("values", lambda v: Array(v.astype(np.float64))), "bad-payload", 1, 0),
-    "values-2d": (array("values", lambda v: Array(v.reshape(1, -1))), "bad-payload", 1, 0),
-    "values-undecodable": (array("values", garbage), "bad-payload", 1, 0),
-    "values-missing": (array("values", lambda v: None), "bad-payload", 1, 0),
-    "importance-negative": (array("importance", lambda v: Array(-np.ones_like(v))), "non-finite", 1, 0),
-    "importance-nan": (array("importance", lambda v: Array(np.full_like(v, np.nan))), "non-finite", 1, 0),
-    "importance-short": (array("importance", lambda v: Array(v[:3])), "bad-payload", 1, 0),
+    "values-nan": (numbers("values", lambda v: np.full_like(v, np.nan)), "non-finite", 1, 0),
+    "values-inf": (numbers("values", lambda v: np.where(v > 0, np.inf, v)), "non-finite", 1, 0),
+    "values-truncated": (numbers("values", lambda v: v[:-1]), "bad-payload: array 'values' has", 1, 0),
+    "values-missing": (numbers("values", lambda v: None), "bad-payload: array 'values' is missing", 1, 0),
+    "values-as-npy": (replace("values", Array(np.zeros(3, np.float32))), "bad-payload", 1, 0),
+    "values-shape-lies": (
+        replace("values", Array(dtype="uint8", shape=(99,), stype=STYPES["values"], data=b"abc")),
+        "bad-payload: array 'values' declares shape (99,) for 3 bytes",
+        1,
+        0,
+    ),
+    "values-undecodable": (replace("values", raw_array("values", b"junk")), "bad-payload", 1, 0),
+    "importance-negative": (numbers("importance", lambda v: -np.ones_like(v)), "non-finite", 1, 0),
+    "importance-nan": (numbers("importance", lambda v: np.full_like(v, np.nan)), "non-finite", 1, 0),
+    "importance-short": (numbers("importance", lambda v: v[:3]), "bad-payload", 1, 0),
     "client-sends-mask": (
-        array("mask", lambda v: Array(np.packbits(np.ones(LAYOUT.num_prunable, bool)))),
+        replace("mask", mask_array(LAYOUT, LAYOUT.full_mask(), WireFormat())),
         "bad-payload: a client may not change the mask",
         1,
         0,
     ),
-    "unknown-array": (array("weights", lambda v: Array(np.zeros(3, np.float32))), "bad-payload", 1, 0),
+    "unknown-array": (replace("weights", Array(np.zeros(3, np.float32))), "bad-payload", 1, 0),
     "error-reply": (error_reply, None, 0, 1),
 }
 
@@ -255,16 +279,17 @@ def test_a_bad_training_reply_is_dropped_and_the_round_aggregates_the_rest(
 def test_the_byte_cap_admits_the_largest_legitimate_reply():
     """Every float value, importance everywhere, the integer buffers and a mask fit under the cap."""
     layout = LAYOUT
-    rng = np.random.default_rng(0)  # random values: no two chunks alike for the content addressing
-    values, importance = rng.random((2, layout.num_floats), dtype=np.float32)
-    payload = ModelPayload(
-        values, np.zeros(layout.num_ints, np.int64), rng.random(layout.num_prunable) < 0.5, importance
-    )
+    # random bit patterns: float32 numbers that neither zstd nor content addressing can shrink
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=(2, layout.num_floats), dtype=np.uint32).view(np.float32)
+    values, importance = np.where(np.isfinite(bits), bits, np.float32(1.0))
+    mask = layout.mask_from_prunable(rng.random(layout.num_prunable) < 0.5)
+    payload = ModelPayload(values, np.zeros(layout.num_ints, np.int64), mask, importance)
     metrics = MetricRecord(
         {k: 1 for k in ("num-examples", "samples-processed", "train-loss", "mask-version")}
     )
     reply = Message(
-        RecordDict({"arrays": encode_payload(payload), "metrics": metrics}),
+        RecordDict({"arrays": encode_payload(payload, layout), "metrics": metrics}),
         dst_node_id=1,
         message_type="train",
         group_id="1",
@@ -324,7 +349,7 @@ def test_a_node_with_a_bad_description_is_not_used(tmp_path, forgery, reason, wa
 
 
 def test_below_min_clients_the_round_is_skipped_and_the_model_kept(tmp_path, warnings_logged):
-    tamper = array("values", lambda v: Array(np.full_like(v, np.nan)))
+    tamper = numbers("values", lambda v: np.full_like(v, np.nan))
     grid = TamperingGrid(client_app, 3, tamper=tamper, message_type="train")
     run_federation(grid, config(tmp_path, ["federation.rounds=2", "federation.min-clients=3"]))
     rows = read_rounds(tmp_path / "run")
@@ -333,15 +358,15 @@ def test_below_min_clients_the_round_is_skipped_and_the_model_kept(tmp_path, war
         "fewer than federation.min-clients = 3; the model is left unchanged" in w for w in warnings_logged
     )
 
-    def sent_values(server_round: int) -> np.ndarray:
+    def sent_values(server_round: int) -> bytes:
         (message, *_) = [
             m
             for m in grid.sent
             if m.metadata.group_id == str(server_round) and m.metadata.message_type == "train"
         ]
-        return message.content["arrays"]["values"].numpy()
+        return message.content["arrays"]["values"].data
 
-    assert np.array_equal(sent_values(1), sent_values(2))  # round 1 left the model as it was
+    assert sent_values(1) == sent_values(2)  # round 1 left the model as it was
     assert int(rows[2]["rejected"]) == 0 and rows[2]["train_loss"] != ""
 
 
@@ -368,9 +393,9 @@ def config_entry(name: str, value) -> Tamper:
 @pytest.mark.parametrize(
     ("forgery", "reason"),
     [
-        (array("values", lambda v: Array(np.full_like(v, np.nan))), "non-finite: array 'values'"),
-        (array("mask", lambda v: None), "the reply carries no mask"),
-        (array("values", lambda v: Array(v[:10])), "array 'values' has 10 entries"),
+        (numbers("values", lambda v: np.full_like(v, np.nan)), "non-finite: array 'values'"),
+        (drop_array("mask"), "the reply carries no mask"),
+        (numbers("values", lambda v: v[:10]), "array 'values' has 10 entries"),
         (config_entry("iterations", -3), "iterations = -3"),
         (config_entry("modelled-seconds", float("nan")), "non-finite: modelled-seconds"),
         (metadata("_src_node_id", 999), "not-asked"),
