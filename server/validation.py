@@ -60,7 +60,9 @@ def max_reply_bytes(layout: ModelLayout) -> int:
     A legitimate reply carries at most every float value, an importance value per
     float, the integer buffers and one mask bit per prunable weight, which is
     ``2 * dense + ceil(n_prunable / 8)`` bytes, plus a fixed allowance for headers,
-    metrics and configs. Anything larger is refused before it is decoded.
+    metrics and configs. Anything larger is refused before its values are decoded
+    (the communication log has only read its section headers, and a mask, for the
+    bound; the codec bounds both by the layout).
     """
     return 2 * dense_bytes(layout) + -(-layout.num_prunable // 8) + HEADER_ALLOWANCE
 

@@ -93,13 +93,14 @@ def assert_same_arrays(a: Path, b: Path) -> None:
             5,
             4,
         ),
-        # dense FedAvg with federated evaluation only
+        # dense FedAvg with federated evaluation only, bfloat16 values on the wire
         (
             [
                 "federation.rounds=4",
                 "pruning.method=none",
                 "evaluate.server=false",
                 "evaluate.client-fraction=0.5",
+                "wire.values=bfloat16",
             ],
             4,
             2,
