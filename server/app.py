@@ -30,7 +30,7 @@ from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import MethodEnv
 from common.settings import ConfigError
-from common.task import TaskSpec
+from common.task import TaskSpec, client_data
 
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
@@ -38,6 +38,7 @@ from .global_model import GlobalModel
 from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
 from .messenger import Messenger
 from .nodes import NodeBook
+from .partition_report import PARTITIONS_FILE, write_partition_report
 from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .strategy import PruningFedAvg, format_bytes
 
@@ -90,8 +91,11 @@ def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
         data_dir=str(data_dir) if data_dir else "",
         partitioning=config.data.partitioning,
         alpha=config.data.alpha,
+        classes_per_client=config.data.classes_per_client,
+        shards_per_client=config.data.shards_per_client,
         client_test_fraction=config.data.client_test_fraction,
         partition_seed=config.federation.seed,
+        download=config.data.download,
         model=config.model.name,
         layout=layout.fingerprint,
         lr=train.lr,
@@ -124,15 +128,34 @@ def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
 
 
 def preflight(config: AppConfig) -> None:
-    """Checks that need files (device profile, data set) before any client starts."""
+    """Checks that need files (device profile, data set) before any client starts.
+
+    Only ``fedprune simulate`` calls it, where the server and the clients share the
+    data folder: the data set is loaded (and verified) and partitioned for
+    ``simulation.num-clients`` here, so a missing file or an impossible split
+    stops the run with one line before any client starts.
+    """
     source = DATASETS[config.data.dataset]
-    layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
-    cost_model_for(config, layout)
-    if config.evaluate.server or getattr(config.method, "initial_pruning", "") == "server":
-        try:
-            load_dataset(config.data.dataset, config.data.resolved_dir())
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+    try:
+        model = build_model(config.model.name, source.num_classes, source.input_shape)
+    except ValueError as exc:
+        raise ConfigError(
+            "model.name", config.model.name, f"a model that fits {config.data.dataset}: {exc}"
+        ) from exc
+    cost_model_for(config, ModelLayout.from_model(model))
+    try:
+        load_dataset(config.data.dataset, config.data.resolved_dir(), config.data.download)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+    try:
+        client_data(
+            task_for_run(config, ModelLayout.from_model(model)),
+            config.data.resolved_dir(),
+            config.simulation.num_clients,
+            0,
+        )
+    except ValueError as exc:
+        raise ConfigError("data.partitioning", config.data.partitioning, str(exc)) from exc
 
 
 def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
@@ -156,7 +179,7 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
     task = task_for_run(config, layout)
     evaluator = None
     if config.evaluate.server:
-        dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+        dataset = load_dataset(config.data.dataset, config.data.resolved_dir(), config.data.download)
         evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
 
     describe_config = ConfigRecord(dict(task.to_flat()))
@@ -166,6 +189,7 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
         fed.connect_timeout,
         lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
     )
+    report_partitions(results.folder, nodes, config)
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
     env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
@@ -189,10 +213,28 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
         evaluate_fn=strategy.end_round,
     )
     results.write_model(layout, model.floats, model.ints, model.mask)
+    report_partitions(results.folder, nodes, config)  # again: nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
     results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
     log(INFO, summary.last_line())
     return summary
+
+
+def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig) -> None:
+    """Write the partition summary and plot of the nodes described so far."""
+    source = DATASETS[config.data.dataset]
+    summary = write_partition_report(
+        folder, nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes
+    )
+    log(
+        INFO,
+        "partitions: %d clients, %d training and %d test samples, label skew %.3f (%s)",
+        summary["clients"],
+        summary["train_samples"],
+        summary["test_samples"],
+        summary["label_skew"],
+        folder / PARTITIONS_FILE,
+    )
 
 
 def summarize(

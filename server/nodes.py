@@ -22,6 +22,15 @@ from flwr.supercore import log
 from common import keys
 
 
+def _counts(value: object) -> tuple[int, ...]:
+    """A reported label histogram as non-negative integers (ValueError otherwise)."""
+    if not isinstance(value, list) or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value
+    ):
+        raise ValueError(f"a label histogram must be a list of counts, got {value!r}")
+    return tuple(value)
+
+
 @dataclass
 class NodeInfo:
     node_id: int
@@ -30,6 +39,8 @@ class NodeInfo:
     train_size: int
     test_size: int
     mask_version: int | None = None  # the mask version this node holds, if any
+    train_labels: tuple[int, ...] = ()  # samples per class, as the node reported them
+    test_labels: tuple[int, ...] = ()
 
 
 class NodeBook:
@@ -93,6 +104,8 @@ class NodeBook:
                 num_partitions=int(metrics[keys.NUM_PARTITIONS]),
                 train_size=int(metrics[keys.TRAIN_SIZE]),
                 test_size=int(metrics[keys.TEST_SIZE]),
+                train_labels=_counts(metrics.get(keys.TRAIN_LABELS, [])),
+                test_labels=_counts(metrics.get(keys.TEST_LABELS, [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             return f"malformed describe reply ({exc!r})"
