@@ -38,7 +38,7 @@ from .global_model import GlobalModel
 from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
 from .messenger import Messenger
 from .nodes import NodeBook
-from .partition_report import PARTITIONS_FILE, write_partition_report
+from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
 from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .strategy import PruningFedAvg, format_bytes
 
@@ -189,7 +189,7 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
         fed.connect_timeout,
         lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
     )
-    report_partitions(results.folder, nodes, config)
+    partitions = report_partitions(results.folder, nodes, config)
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
     env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
@@ -213,19 +213,20 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
         evaluate_fn=strategy.end_round,
     )
     results.write_model(layout, model.floats, model.ints, model.mask)
-    report_partitions(results.folder, nodes, config)  # again: nodes may have joined since the start
+    report_partitions(results.folder, nodes, config, partitions)  # nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
     results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
     log(INFO, summary.last_line())
     return summary
 
 
-def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig) -> None:
-    """Write the partition summary and plot of the nodes described so far."""
+def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig, written: dict | None = None) -> dict:
+    """Write the partition summary and plot of the nodes described so far (unless as ``written``)."""
     source = DATASETS[config.data.dataset]
-    summary = write_partition_report(
-        folder, nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes
-    )
+    args = (nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes)
+    if written is not None and partition_summary(*args) == written:
+        return written
+    summary = write_partition_report(folder, *args)
     log(
         INFO,
         "partitions: %d clients, %d training and %d test samples, label skew %.3f (%s)",
@@ -235,6 +236,7 @@ def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig) -> None:
         summary["label_skew"],
         folder / PARTITIONS_FILE,
     )
+    return summary
 
 
 def summarize(

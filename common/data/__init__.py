@@ -3,17 +3,14 @@
 Every data set is read from its own sub-folder of the data folder (``data.dir`` or
 ``$FEDPRUNE_DATA_DIR``), except ``digits``, which ships with scikit-learn:
 
-===============  =========================  =====================================
-name             sub-folder                 files
-===============  =========================  =====================================
-``mnist``        ``mnist/``                 the four IDX files, gzipped or not
-``fashion-mnist`` ``fashion-mnist/``        the four IDX files, gzipped or not
-``cifar10``      ``cifar-10/`` (or the      ``cifar-10-batches-bin/`` (binary
-                 data folder itself)        version) or ``cifar-10-batches-py/``
-``femnist``      ``femnist/``               LEAF's ``data/train`` and ``data/test``
-                                            JSON files, gzipped or not
-===============  =========================  =====================================
+* ``mnist``: ``mnist/`` with the four IDX files, gzipped or not (:mod:`.idx`);
+* ``fashion-mnist``: ``fashion-mnist/``, the same four IDX files (:mod:`.idx`);
+* ``cifar10``: ``cifar-10/`` (or the data folder itself) with ``cifar-10-batches-bin/``
+  (binary version) or ``cifar-10-batches-py/`` (python version) (:mod:`.cifar10`);
+* ``femnist``: ``femnist/`` with LEAF's ``data/train`` and ``data/test`` JSON files,
+  gzipped or not, and the writer of every sample (:mod:`.femnist`).
 
+Files are verified as :mod:`.files` describes.
 With ``data.download = true``, a data set whose files are missing is fetched from
 the Hugging Face hub instead (:mod:`common.data.hub`).
 """
