@@ -3,7 +3,8 @@
 =============================  ================================================
 message type                   what the node does
 =============================  ================================================
-``query.describe``             reports its partition id and data sizes
+``query.describe``             reports its partition id, data sizes and
+                               samples per class
 ``train``                      trains E steps under the mask, replies with the
                                kept values (and importance when asked)
 ``train.initial_pruning``      runs the method's initial pruning on its data,
@@ -34,13 +35,13 @@ from torch import nn
 
 from common import keys
 from common.cost_model import CostModel
-from common.data import DATASETS, ClientSplit, DatasetSource, client_split
+from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
 from common.initial_data import initial_data_for
 from common.layout import ModelLayout
 from common.models import MODELS, build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
-from common.task import TaskSpec
+from common.task import TaskSpec, client_data
 from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss, train_locally
 from common.wire import WireError
 from common.wire.codec import ModelPayload, decode_payload, encode_payload
@@ -104,16 +105,7 @@ def prepare(message: Message, context: Context) -> Job:
         )
     data_dir = context.node_config.get(keys.NODE_DATA_DIR) or spec.data_dir
     source = DATASETS[spec.dataset]
-    data = client_split(
-        spec.dataset,
-        Path(str(data_dir)) if data_dir else None,
-        num_partitions,
-        partition_id,
-        spec.partitioning,
-        spec.alpha,
-        spec.partition_seed,
-        spec.client_test_fraction,
-    )
+    data = client_data(spec, Path(str(data_dir)) if data_dir else None, num_partitions, partition_id)
     model = build_model(spec.model, source.num_classes, source.input_shape)
     layout = ModelLayout.from_model(model)
     if spec.layout and spec.layout != layout.fingerprint:
@@ -177,6 +169,8 @@ def describe(message: Message, context: Context) -> RecordDict:
                     keys.NUM_PARTITIONS: job.num_partitions,
                     keys.TRAIN_SIZE: len(job.data.train),
                     keys.TEST_SIZE: len(job.data.test),
+                    keys.TRAIN_LABELS: label_histogram(job.data.train, job.source.num_classes),
+                    keys.TEST_LABELS: label_histogram(job.data.test, job.source.num_classes),
                 }
             )
         }

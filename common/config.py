@@ -60,12 +60,29 @@ class DataSettings(Section):
     dir: str = ""  # where data files live; "" = $FEDPRUNE_DATA_DIR
     partitioning: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration (smaller = more skew)
+    classes_per_client: int = 2  # k of the pathological partitioning
+    shards_per_client: int = 2  # shards of the label-sorted data per client (shards partitioning)
     client_test_fraction: float = 0.1  # share of each client's samples held out for its evaluation
+    download: bool = False  # fetch missing data sets from the Hugging Face hub
 
     def validate(self) -> None:
         self.require("dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}")
         self.require("partitioning", self.partitioning in PARTITIONINGS, f"one of {list(PARTITIONINGS)}")
+        if self.partitioning == "natural":
+            with_writers = sorted(name for name, source in DATASETS.items() if source.has_writers)
+            self.require(
+                "partitioning",
+                DATASETS[self.dataset].has_writers,
+                f"a scheme other than natural for {self.dataset} (natural needs writers: {with_writers})",
+            )
         self.require("alpha", self.alpha > 0, "a number > 0")
+        classes = DATASETS[self.dataset].num_classes
+        self.require(
+            "classes_per_client",
+            1 <= self.classes_per_client <= classes,
+            f"an integer in [1, {classes}] ({self.dataset} has {classes} classes)",
+        )
+        self.require("shards_per_client", self.shards_per_client >= 1, "an integer >= 1")
         self.require("client_test_fraction", 0 <= self.client_test_fraction < 1, "a fraction in [0, 1)")
 
     def resolved_dir(self) -> Path | None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from .data import ClientSplit, client_split
 from .settings import ConfigError, Section
 from .wire import WireFormat
 
@@ -29,8 +31,11 @@ class TaskSpec(Section):
     data_dir: str = ""
     partitioning: str = "iid"
     alpha: float = 1.0
+    classes_per_client: int = 2
+    shards_per_client: int = 2
     client_test_fraction: float = 0.0
     partition_seed: int = 0
+    download: bool = False
     model: str = ""
     layout: str = ""  # fingerprint of the model layout both ends must share
     lr: float = 0.0
@@ -69,3 +74,20 @@ class TaskSpec(Section):
         if missing:
             raise ConfigError(missing[0], None, "a key every task message must carry")
         return cls.from_flat(config)
+
+
+def client_data(spec: TaskSpec, data_dir: Path | None, num_partitions: int, partition_id: int) -> ClientSplit:
+    """The training and test views of partition ``partition_id`` that ``spec`` describes."""
+    return client_split(
+        spec.dataset,
+        data_dir,
+        num_partitions,
+        partition_id,
+        spec.partitioning,
+        spec.alpha,
+        spec.partition_seed,
+        spec.client_test_fraction,
+        classes_per_client=spec.classes_per_client,
+        shards_per_client=spec.shards_per_client,
+        download=spec.download,
+    )

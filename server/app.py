@@ -32,7 +32,7 @@ from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import MethodEnv
 from common.settings import ConfigError
-from common.task import TaskSpec
+from common.task import TaskSpec, client_data
 
 from .checkpoint import Checkpoint, CheckpointError
 from .communication import CommunicationLog
@@ -41,6 +41,7 @@ from .global_model import GlobalModel
 from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
 from .messenger import Messenger
 from .nodes import NodeBook
+from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
 from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, format_bytes
@@ -94,8 +95,11 @@ def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
         data_dir=str(data_dir) if data_dir else "",
         partitioning=config.data.partitioning,
         alpha=config.data.alpha,
+        classes_per_client=config.data.classes_per_client,
+        shards_per_client=config.data.shards_per_client,
         client_test_fraction=config.data.client_test_fraction,
         partition_seed=config.federation.seed,
+        download=config.data.download,
         model=config.model.name,
         layout=layout.fingerprint,
         lr=train.lr,
@@ -131,21 +135,35 @@ def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
 
 
 def preflight(config: AppConfig) -> ModelLayout:
-    """Checks of ``fedprune simulate`` that need files (device profile, data set), before any
-    client starts; returns the model's layout."""
+    """Checks that need files (device profile, data set) before any client starts.
+
+    Only ``fedprune simulate`` calls it, where the server and the clients share the
+    data folder: the data set is loaded (and verified) and partitioned for
+    ``simulation.num-clients`` here, so a missing file or an impossible split
+    stops the run with one line before any client starts. Returns the model's layout.
+    """
     source = DATASETS[config.data.dataset]
-    layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
+    try:
+        model = build_model(config.model.name, source.num_classes, source.input_shape)
+    except ValueError as exc:
+        raise ConfigError(
+            "model.name", config.model.name, f"a model that fits {config.data.dataset}: {exc}"
+        ) from exc
+    layout = ModelLayout.from_model(model)
     cost_model_for(config, layout)
     data_dir = config.data.resolved_dir()
     if data_dir is not None and not data_dir.is_dir():
         if config.data.dir:
             raise ConfigError("data.dir", config.data.dir, f"an existing folder ({data_dir} is none)")
         raise ConfigError(DATA_DIR_ENV, str(data_dir), "an existing folder", what="environment variable")
-    # The simulated clients read the same files: check them even when the server needs none.
     try:
-        load_dataset(config.data.dataset, config.data.resolved_dir())
+        load_dataset(config.data.dataset, data_dir, config.data.download)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+    try:
+        client_data(task_for_run(config, layout), data_dir, config.simulation.num_clients, 0)
+    except ValueError as exc:
+        raise ConfigError("data.partitioning", config.data.partitioning, str(exc)) from exc
     return layout
 
 
@@ -174,7 +192,7 @@ def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = No
     task = task_for_run(config, layout)
     evaluator = None
     if config.evaluate.server:
-        dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+        dataset = load_dataset(config.data.dataset, config.data.resolved_dir(), config.data.download)
         evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
 
     describe_config = ConfigRecord(dict(task.to_flat()))
@@ -184,6 +202,7 @@ def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = No
         fed.connect_timeout,
         lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
     )
+    partitions = report_partitions(results.folder, nodes, config)
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
     env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
@@ -213,6 +232,7 @@ def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = No
             evaluate_fn=runner.end_round,
         )
     results.write_model(layout, model.floats, model.ints, model.mask)
+    report_partitions(results.folder, nodes, config, partitions)  # nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
     results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
     log(INFO, summary.last_line())
@@ -266,6 +286,25 @@ def check_fits(checkpoint: Checkpoint, config: AppConfig, layout: ModelLayout) -
         )
     if not 0 <= checkpoint.server_round <= config.federation.rounds:
         raise RunError(f"checkpoint round {checkpoint.server_round} is outside 0..{config.federation.rounds}")
+
+
+def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig, written: dict | None = None) -> dict:
+    """Write the partition summary and plot of the nodes described so far (unless as ``written``)."""
+    source = DATASETS[config.data.dataset]
+    args = (nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes)
+    if written is not None and partition_summary(*args) == written:
+        return written
+    summary = write_partition_report(folder, *args)
+    log(
+        INFO,
+        "partitions: %d clients, %d training and %d test samples, label skew %.3f (%s)",
+        summary["clients"],
+        summary["train_samples"],
+        summary["test_samples"],
+        summary["label_skew"],
+        folder / PARTITIONS_FILE,
+    )
+    return summary
 
 
 def summarize(

@@ -32,6 +32,8 @@ class NodeInfo:
     train_size: int
     test_size: int
     mask_version: int | None = None  # the mask version this node holds, if any
+    train_labels: tuple[int, ...] = ()  # samples per class, as the node reported them
+    test_labels: tuple[int, ...] = ()
 
 
 class NodeBook:
@@ -107,6 +109,8 @@ class NodeBook:
             num_partitions=described.num_partitions,
             train_size=described.train_size,
             test_size=described.test_size,
+            train_labels=described.train_labels,
+            test_labels=described.test_labels,
         )
         return None
 

@@ -14,6 +14,9 @@ file                       content
 ``model.npz``              the final effective model (pruned weights zero),
                            one array per state tensor
 ``mask.npz``               the final mask, one bool array per prunable tensor
+``partitions.json``        samples and label histogram per client, as the
+                           nodes reported them (:mod:`server.partition_report`)
+``partitions.png``         a plot of it: training samples by class per client
 =========================  ==================================================
 
 Times in ``rounds.csv`` are either measured wall-clock seconds (``wall_time_s``,

@@ -238,6 +238,20 @@ class Description:
     num_partitions: int
     train_size: int
     test_size: int
+    train_labels: tuple[int, ...] = ()
+    test_labels: tuple[int, ...] = ()
+
+
+def label_counts(metrics: MetricRecord, key: str, total: int) -> tuple[int, ...]:
+    """An optional label histogram: non-negative counts that add up to ``total``."""
+    value = metrics.get(key, [])
+    if not isinstance(value, list) or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value
+    ):
+        raise RejectedReply("bad-metric", f"{key} = {value!r}; expected a list of counts >= 0")
+    if value and sum(value) != total:
+        raise RejectedReply("bad-metric", f"{key} adds up to {sum(value)}, not the reported size {total}")
+    return tuple(value)
 
 
 def describe_metrics(metrics: MetricRecord) -> Description:
@@ -249,4 +263,11 @@ def describe_metrics(metrics: MetricRecord) -> Description:
     partition_id = int_metric(metrics, keys.PARTITION_ID, 0, num_partitions - 1)
     train_size = int_metric(metrics, keys.TRAIN_SIZE, 1, MAX_COUNT)
     test_size = int_metric(metrics, keys.TEST_SIZE, 0, MAX_COUNT)
-    return Description(partition_id, num_partitions, train_size, test_size)
+    return Description(
+        partition_id,
+        num_partitions,
+        train_size,
+        test_size,
+        label_counts(metrics, keys.TRAIN_LABELS, train_size),
+        label_counts(metrics, keys.TEST_LABELS, test_size),
+    )

@@ -16,7 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_DIRS = {".venv", "venv", ".git", "build", "dist", "results", "node_modules", "__pycache__"}
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
-ALLOWED: dict[str, str] = {}  # "path/relative/to/root.py": "why it may unpickle, and how it restricts it"
+ALLOWED: dict[str, str] = {  # "path/relative/to/root.py": "why it may unpickle, and how it restricts it"
+    "common/data/cifar10.py": "CIFAR-10's python version is a pickle; its RestrictedUnpickler admits only "
+    "numpy array reconstruction and latin-1 bytes, and refuses every other global",
+    "tests/test_data_formats.py": "writes pickles (pickle.dumps) to test that restricted unpickler, "
+    "hostile ones included; it never loads one itself",
+}
 
 
 def _name(node: ast.expr) -> str:
