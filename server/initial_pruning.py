@@ -37,7 +37,7 @@ from common.wire import WireError
 from common.wire.codec import decode_mask, decode_payload
 
 from .global_model import GlobalModel
-from .messenger import Messenger
+from .messenger import Messenger, from_superlink
 from .nodes import NodeBook
 
 
@@ -168,7 +168,8 @@ def _on_client(
     if not replies:
         raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
     (reply,) = replies
-    messenger.log(reply, 0, "initial-pruning", "up", node.node_id)
+    if not from_superlink(reply):
+        messenger.log(reply, 0, "initial-pruning", "up", node.node_id)
     if reply.has_error():
         raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
     try:

@@ -7,8 +7,11 @@ computes its bound from what it actually carries (see :mod:`common.wire.bound`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from common import keys
@@ -18,6 +21,34 @@ from common.wire.codec import ModelPayload, encode_payload
 from .communication import CommunicationLog
 from .global_model import GlobalModel
 from .nodes import NodeBook, NodeInfo
+
+
+def from_superlink(reply: Message) -> bool:
+    """Whether the SuperLink wrote ``reply`` itself, on behalf of a node.
+
+    Flower 1.41's SuperLink answers a message whose destination node stopped
+    sending heartbeats (2 x its 30 s interval) with an error reply of its own
+    ("Node Unavailable"), whose source is the SuperLink, not the node.
+    """
+    return reply.metadata.src_node_id == SUPERLINK_NODE_ID
+
+
+class Destinations:
+    """Which node each sent message went to, to attribute every reply to its node.
+
+    Message ids are set when the grid pushes the messages, so the mapping is
+    read from the same message objects after they were sent.
+    """
+
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        self.messages = list(messages)
+
+    def node_of(self, reply: Message) -> int:
+        """The node ``reply`` answers for: the destination of the message it replies to."""
+        for message in self.messages:
+            if message.metadata.message_id == reply.metadata.reply_to_message_id:
+                return message.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
 
 class Messenger:
@@ -82,8 +113,8 @@ class Messenger:
 
         def exchange(query: Message, reply: Message | None) -> None:
             self.log(query, 0, "setup", "down", query.metadata.dst_node_id)
-            if reply is not None:
-                self.log(reply, 0, "setup", "up", reply.metadata.src_node_id)
+            if reply is not None and not from_superlink(reply):
+                self.log(reply, 0, "setup", "up", query.metadata.dst_node_id)
 
         self.nodes.refresh(
             grid,

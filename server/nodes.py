@@ -69,9 +69,12 @@ class NodeBook:
         if not new:
             return
         queries = {node_id: make_query(node_id) for node_id in new}
-        replies = {
-            r.metadata.src_node_id: r for r in grid.send_and_receive(list(queries.values()), timeout=timeout)
-        }
+        sent = list(queries.values())
+        answered = grid.send_and_receive(sent, timeout=timeout)
+        # Match replies by the message they answer: an error reply the SuperLink
+        # writes for an unreachable node comes from the SuperLink, not the node.
+        by_id = {q.metadata.message_id: node_id for node_id, q in queries.items()}
+        replies = {by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in answered}
         for node_id, query in queries.items():
             reply = replies.get(node_id)
             reason = self._add(node_id, reply)

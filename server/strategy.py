@@ -45,7 +45,7 @@ from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
 from .importance import ImportanceAccumulator
-from .messenger import Messenger
+from .messenger import Destinations, Messenger, from_superlink
 from .nodes import NodeBook, NodeInfo
 from .results import ResultsWriter, RoundRow
 
@@ -118,6 +118,8 @@ class PruningFedAvg(FedAvg):
         self.plan = RoundPlan()
         self.sent: dict[int, NodeInfo] = {}
         self.sent_evaluate: dict[int, NodeInfo] = {}
+        self.train_messages = Destinations()
+        self.evaluate_messages = Destinations()
         self.round_started = time.monotonic()
         self.run_started = time.monotonic()
         self.modelled_elapsed = 0.0
@@ -170,9 +172,12 @@ class PruningFedAvg(FedAvg):
         self.sent = {node.node_id: node for node in sampled}
         self.row.clients = len(sampled)
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
-        return self.messenger.model_messages(
-            sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
+        self.train_messages = Destinations(
+            self.messenger.model_messages(
+                sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
+            )
         )
+        return self.train_messages.messages
 
     def _importance_positions(self) -> np.ndarray:
         layout = self.model.layout
@@ -228,9 +233,10 @@ class PruningFedAvg(FedAvg):
         accepted: list[TrainReply] = []
         answered: set[int] = set()
         for reply in replies:
-            node_id = reply.metadata.src_node_id
+            node_id = self.train_messages.node_of(reply)
             answered.add(node_id)
-            self.messenger.log(reply, server_round, "train", "up", node_id)
+            if not from_superlink(reply):
+                self.messenger.log(reply, server_round, "train", "up", node_id)
             if reply.has_error():
                 self.row.failures += 1
                 log(WARNING, "round %d: node %d failed: %s", server_round, node_id, reply.error.reason)
@@ -330,15 +336,19 @@ class PruningFedAvg(FedAvg):
         count = max(1, math.ceil(fraction * len(self.nodes)))
         targets = self.nodes.sample(server_round, count, self.config.federation.seed, stream=1)
         self.sent_evaluate = {n.node_id: n for n in targets}
-        return self.messenger.model_messages(
-            targets, keys.EVALUATE, self.task_config(server_round, RoundPlan()), server_round, "evaluate"
+        self.evaluate_messages = Destinations(
+            self.messenger.model_messages(
+                targets, keys.EVALUATE, self.task_config(server_round, RoundPlan()), server_round, "evaluate"
+            )
         )
+        return self.evaluate_messages.messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         losses, accuracies, sizes = [], [], []
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            self.messenger.log(reply, server_round, "evaluate", "up", node_id)
+            node_id = self.evaluate_messages.node_of(reply)
+            if not from_superlink(reply):
+                self.messenger.log(reply, server_round, "evaluate", "up", node_id)
             if reply.has_error():
                 log(
                     WARNING,
