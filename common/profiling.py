@@ -9,7 +9,7 @@ one layer at a time and all layers together, and fits
 
     time per iteration = t0 + sum_l comp_l * |M_l|
 
-by least squares with non-negative slopes, as PruneFL fits its device prototype.
+by least squares with non-negative coefficients, as PruneFL fits its device prototype.
 
 Robustness on a busy or throttling device:
 
@@ -26,8 +26,15 @@ Robustness on a busy or throttling device:
 
 With dense kernels (PyTorch's default on CPU) zeroed weights cost as much as kept
 ones, and the fit says so: the slopes come out near zero and ``t0`` carries the
-whole step. Widths (physically narrower models, for structured pruning) are not
-measured: the registered models have no width parameter.
+whole step.
+
+For structured pruning, which removes whole channels and so makes the dense model
+physically smaller, the same linear model is fitted separately to timings of
+*narrowed* dense models: each prunable layer keeps a fraction (the width) of its
+output channels or features, and the next layer correspondingly fewer inputs
+(:func:`narrowed`). This needs the prunable layers to form a chain of Conv2d and
+Linear modules (activations, pooling and flattening in between); models with
+other parametrised modules (BatchNorm) or branches are not narrowed.
 """
 
 from __future__ import annotations
@@ -35,16 +42,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from .layout import ModelLayout
 from .models import build_model
 from .training import SgdSettings, make_loss, train_locally
 
 DEFAULT_DENSITIES = (1.0, 0.5, 0.2, 0.05)
+DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 
 class ProfilingError(ValueError):
@@ -98,6 +108,9 @@ class ModelProfile:
     loss: str
     threads: int
     measured_on: str  # date
+    structured: ProfileFit | None = None  # the fit on narrowed dense models
+    widths: tuple[float, ...] = ()
+    load_average: tuple[float, float] = (math.nan, math.nan)  # 1-minute load, before and after
 
 
 def random_mask(layout: ModelLayout, densities: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -132,13 +145,17 @@ def time_iterations(
 
 
 def nonnegative_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least squares with the coefficients of all columns but the first kept >= 0."""
+    """Least squares with every coefficient kept >= 0 (times cannot be negative).
+
+    A simple active-set scheme: solve, drop the most negative coefficient (fix it
+    at 0), solve again; with the few columns of a cost model it ends in a few steps.
+    """
     active = list(range(design.shape[1]))
     while True:
         coef, *_ = np.linalg.lstsq(design[:, active], target, rcond=None)
         full = np.zeros(design.shape[1])
         full[active] = coef
-        negative = [i for i, c in zip(active, coef, strict=True) if i != 0 and c < 0]
+        negative = [i for i, c in zip(active, coef, strict=True) if c < 0]
         if not negative:
             return full
         active.remove(min(negative, key=lambda i: full[i]))
@@ -223,6 +240,133 @@ def profile_model(
     return fit_cost_model(layout, kept, times, iterations)
 
 
+# -- widths (structured pruning) --------------------------------------------------------
+def _chain(model: nn.Module, layout: ModelLayout) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
+    """The prunable layers in order, checked to be a plain chain of Conv2d / Linear."""
+    modules = dict(model.named_modules())
+    chain = []
+    for t in layout.prunable:
+        name = t.name.removesuffix(".weight")
+        module = modules.get(name)
+        if not isinstance(module, nn.Conv2d | nn.Linear) or getattr(module, "groups", 1) != 1:
+            raise ProfilingError(f"{t.name} is not the weight of a plain Conv2d or Linear layer")
+        chain.append((name, module))
+    chained = {name for name, _ in chain}
+    for name, module in modules.items():
+        owns = [p for p in module.parameters(recurse=False)]
+        if owns and name not in chained:
+            raise ProfilingError(
+                f"module {name!r} ({type(module).__name__}) has parameters outside the chain of "
+                "Conv2d/Linear layers, so narrowed copies cannot be built"
+            )
+    return chain
+
+
+def narrowed(model: nn.Module, layout: ModelLayout, widths: dict[str, float]) -> nn.Module:
+    """A fresh dense copy of ``model`` in which layer l keeps ``widths[l]`` of its outputs.
+
+    ``widths`` maps weight names (``conv1.weight``) to a fraction in (0, 1]; the
+    last layer keeps all its outputs (the classes). A layer's inputs shrink with
+    the outputs of the layer before it; for a Linear layer after a flattened
+    convolution, by the same factor (``in_features`` must be a multiple of the
+    convolution's channels). The copy is checked by the caller with a forward pass.
+    """
+    chain = _chain(model, layout)
+    previous_out, previous_new = None, None
+    copy = deepcopy(model)
+    for index, (name, module) in enumerate(chain):
+        is_conv = isinstance(module, nn.Conv2d)
+        out = module.out_channels if is_conv else module.out_features
+        inputs = module.in_channels if is_conv else module.in_features
+        last = index == len(chain) - 1
+        new_out = out if last else max(1, round(out * widths.get(f"{name}.weight", 1.0)))
+        new_in = inputs
+        if previous_out is not None and previous_new is not None:
+            if inputs % previous_out != 0:
+                raise ProfilingError(
+                    f"{name} has {inputs} inputs, not a multiple of the {previous_out} before it"
+                )
+            new_in = inputs // previous_out * previous_new
+        if is_conv:
+            replacement: nn.Module = nn.Conv2d(
+                new_in,
+                new_out,
+                module.kernel_size,  # type: ignore[arg-type]
+                stride=module.stride,  # type: ignore[arg-type]
+                padding=module.padding,  # type: ignore[arg-type]
+                dilation=module.dilation,  # type: ignore[arg-type]
+                bias=module.bias is not None,
+            )
+        else:
+            replacement = nn.Linear(new_in, new_out, bias=module.bias is not None)
+        parent_name, _, attribute = name.rpartition(".")
+        parent = copy.get_submodule(parent_name) if parent_name else copy
+        setattr(parent, attribute, replacement)
+        previous_out, previous_new = out, new_out
+    return copy
+
+
+def width_configurations(layout: ModelLayout, widths: Sequence[float]) -> list[dict[str, float]]:
+    """Full width, then per width: all layers at it, and each layer but the last alone at it."""
+    narrowable = [t.name for t in layout.prunable][:-1]
+    configs: list[dict[str, float]] = [{}]
+    for w in widths:
+        if w < 1.0:
+            configs.append({name: w for name in narrowable})
+            configs += [{name: w} for name in narrowable]
+    return configs
+
+
+def profile_widths(
+    model_name: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    loss: str = "cross-entropy",
+    settings: ProfileSettings | None = None,
+    widths: Sequence[float] = DEFAULT_WIDTHS,
+) -> ProfileFit:
+    """Time dense local steps of narrowed copies of ``model_name`` and fit the cost model.
+
+    The kept weights of a layer are the weights of its narrowed copy; the slopes
+    are per weight of the *full* model's layers, so the fit reads like the
+    unstructured one: ``t = t0 + sum_l comp_l * |W_l|``.
+    """
+    settings = settings or ProfileSettings()
+    if not widths or not all(0 < w <= 1 for w in widths):
+        raise ProfilingError(f"widths {tuple(widths)} must lie in (0, 1]")
+    rng = np.random.default_rng(settings.seed)
+    full = build_model(model_name, num_classes, input_shape, seed=settings.seed)
+    full_layout = ModelLayout.from_model(full)
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch = (
+        torch.randn((batch_size, *input_shape), generator=generator),
+        torch.randint(0, num_classes, (batch_size,), generator=generator),
+    )
+    configs = width_configurations(full_layout, widths)
+    models = []
+    for config in configs:
+        model = narrowed(full, full_layout, config)
+        layout = ModelLayout.from_model(model)
+        try:
+            time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up
+        except RuntimeError as exc:
+            raise ProfilingError(f"a narrowed {model_name} does not run ({exc}): widths unsupported") from exc
+        models.append((model, layout))
+    dense = time_iterations(*models[0], models[0][1].full_mask(), batch, 3, loss, num_classes)
+    iterations = max(3, math.ceil(settings.min_seconds / dense))
+    kept = np.array([[t.size for t in layout.prunable] for _, layout in models])
+    times = np.zeros((len(configs), settings.repeats))
+    for r in range(settings.repeats):
+        for i in rng.permutation(len(configs)):
+            model, layout = models[i]
+            mask = layout.full_mask()
+            if settings.warmup_iterations:
+                time_iterations(model, layout, mask, batch, settings.warmup_iterations, loss, num_classes)
+            times[i, r] = time_iterations(model, layout, mask, batch, iterations, loss, num_classes)
+    return fit_cost_model(full_layout, kept, times, iterations)
+
+
 # -- the profile file -------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -243,7 +387,7 @@ def _toml_string(text: str) -> str:
 
 def _model_lines(profile: ModelProfile) -> list[str]:
     fit = profile.fit
-    return [
+    lines = [
         "",
         f"[models.{profile.model}]",
         f"t0 = {fit.t0:.6e}",
@@ -261,9 +405,32 @@ def _model_lines(profile: ModelProfile) -> list[str]:
         f"loss = {_toml_string(profile.loss)}",
         f"threads = {profile.threads}",
         f"measured-on = {_toml_string(profile.measured_on)}",
+        "# the machine's 1-minute load average before and after measuring (other work running)",
+        f"load-average = [{profile.load_average[0]:.2f}, {profile.load_average[1]:.2f}]",
         f"[models.{profile.model}.layers]",
         *(f'"{layer}" = {value:.6e}' for layer, value in fit.per_weight.items()),
     ]
+    if profile.structured is not None:
+        wide = profile.structured
+        lines += [
+            "",
+            "# Structured pruning: dense models with fewer channels (widths "
+            f"{', '.join(f'{w:g}' for w in profile.widths)}), per layer and all together;",
+            "# |W_l| is the narrowed layer's weight count. Not read by the unstructured cost model.",
+            f"[models.{profile.model}.structured]",
+            f"t0 = {wide.t0:.6e}",
+            f"# fit: {wide.samples} width configurations x {wide.repeats} repeats of {wide.iterations} "
+            f"iterations; mean {wide.mean_iteration_s * 1e3:.3f} ms per iteration; RMSE "
+            f"{wide.rmse_s * 1e3:.3f} ms ({wide.relative_error:.1%}), largest residual "
+            f"{wide.max_relative_residual:.1%}; timing noise {wide.timing_noise:.1%}",
+            f"widths = [{', '.join(f'{w:g}' for w in profile.widths)}]",
+            f"fit-rmse-s = {wide.rmse_s:.6e}",
+            f"fit-relative-error = {wide.relative_error:.4f}",
+            f"timing-noise = {wide.timing_noise:.4f}",
+            f"[models.{profile.model}.structured.layers]",
+            *(f'"{layer}" = {value:.6e}' for layer, value in wide.per_weight.items()),
+        ]
+    return lines
 
 
 def profile_document(device: DeviceInfo, models: Sequence[ModelProfile], kept: Sequence[str] = ()) -> str:
@@ -275,7 +442,7 @@ def profile_document(device: DeviceInfo, models: Sequence[ModelProfile], kept: S
     lines = [
         f"# {device.description}",
         "# MEASURED by `fedprune profile`: real local SGD steps timed under masks of several",
-        "# densities, fitted to t = t0 + sum_l comp_l |M_l| (non-negative slopes).",
+        "# densities, fitted to t = t0 + sum_l comp_l |M_l| (non-negative coefficients).",
         *(f"# {note}" for note in device.notes),
         f"# Link: {device.link_note}",
         "",
@@ -305,7 +472,7 @@ def model_sections(text: str) -> dict[str, str]:
         if stripped.startswith("[") and stripped.endswith("]"):
             header = stripped.strip("[]")
             if header.startswith("models."):
-                name = header.removeprefix("models.").removesuffix(".layers")
+                name = header.removeprefix("models.").split(".")[0]
                 current = name
                 sections.setdefault(name, [])
             else:

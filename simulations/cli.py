@@ -98,6 +98,15 @@ def _densities(text: str) -> tuple[float, ...]:
     return values
 
 
+def _fit_line(what: str, fit) -> str:  # type: ignore[no-untyped-def]
+    return (
+        f"{what}: t0 = {fit.t0 * 1e3:.3f} ms per iteration; fit RMSE {fit.rmse_s * 1e3:.3f} ms "
+        f"({fit.relative_error:.1%} of the mean {fit.mean_iteration_s * 1e3:.3f} ms), largest residual "
+        f"{fit.max_relative_residual:.1%}; timing noise {fit.timing_noise:.1%} "
+        f"({fit.samples} configurations x {fit.repeats} repeats of {fit.iterations} iterations)"
+    )
+
+
 @app.command()
 def profile(
     output: Annotated[
@@ -117,6 +126,10 @@ def profile(
     repeats: Annotated[int, typer.Option(help="Timings per mask configuration (median used).")] = 5,
     densities: Annotated[str, typer.Option(help="Mask densities timed.")] = "1,0.5,0.2,0.05",
     min_seconds: Annotated[float, typer.Option(help="Shortest duration of one timing.")] = 0.2,
+    widths: Annotated[
+        str, typer.Option(help="Widths of the narrowed dense models timed for structured pruning.")
+    ] = "1,0.75,0.5,0.25",
+    skip_widths: Annotated[bool, typer.Option(help="Do not time narrowed models.")] = False,
     threads: Annotated[
         int | None, typer.Option(help="torch threads (default: torch's, as a ClientApp on a device).")
     ] = None,
@@ -130,7 +143,9 @@ def profile(
     Times the client's real local SGD steps (model.name, train.batch-size, train.loss)
     under masks of several densities, fits PruneFL's linear model t = t0 + sum_l
     comp_l |M_l| and writes [models.<model.name>] into OUTPUT, keeping the other
-    models already there. Pass the file as cost.profile to the server.
+    models already there; does the same with dense models of fewer channels per
+    layer (widths, for structured pruning) where the model allows. Pass the file
+    as cost.profile to the server.
     """
     import datetime
     import os
@@ -148,6 +163,7 @@ def profile(
         model_sections,
         profile_document,
         profile_model,
+        profile_widths,
     )
 
     try:
@@ -163,20 +179,28 @@ def profile(
     model_name, batch_size, loss = resolved.model.name, resolved.train.batch_size, resolved.train.loss
     console.print(
         f"profiling {model_name}: inputs {shape}, {num_classes} classes, batch {batch_size}, "
-        f"{torch.get_num_threads()} torch threads ..."
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs ..."
     )
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     try:
         settings = ProfileSettings(_densities(densities), repeats, min_seconds)
         fit = profile_model(model_name, num_classes, shape, batch_size, loss, settings)
     except ProfilingError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
-    console.print(
-        f"{model_name}: t0 = {fit.t0 * 1e3:.3f} ms per iteration; fit RMSE {fit.rmse_s * 1e3:.3f} ms "
-        f"({fit.relative_error:.1%} of the mean {fit.mean_iteration_s * 1e3:.3f} ms), largest residual "
-        f"{fit.max_relative_residual:.1%}; timing noise {fit.timing_noise:.1%} "
-        f"({fit.samples} configurations x {fit.repeats} repeats of {fit.iterations} iterations)"
-    )
+    console.print(_fit_line(f"{model_name} (masks)", fit))
+    structured, width_list = None, ()
+    if not skip_widths:
+        width_list = _densities(widths)
+        try:
+            structured = profile_widths(
+                model_name, num_classes, shape, batch_size, loss, settings, width_list
+            )
+            console.print(_fit_line(f"{model_name} (widths)", structured))
+        except ProfilingError as exc:
+            console.print(f"widths not measured: {exc}")
+            width_list = ()
     kept: list[str] = []
     bandwidth, measured, link_note = (
         ASSUMED_LINK,
@@ -223,10 +247,17 @@ def profile(
         loss,
         torch.get_num_threads(),
         datetime.date.today().isoformat(),
+        structured,
+        width_list,
+        (load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(profile_document(device, [measured_profile], kept), encoding="utf-8")
-    load_profile(str(output))  # the server's reader accepts what was written
+    try:
+        load_profile(str(output))  # the server's reader accepts what was written
+    except ProfileError as exc:
+        console.print(f"[bold red]error:[/] the written profile is unreadable: {exc}")
+        raise typer.Exit(code=1) from None
     typer.echo(f"fedprune: profile of {model_name} written to {output}")
 
 

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from common.cost_model import CostModel, load_profile
 from common.layout import ModelLayout
+from common.models import build_model
 from common.profiling import (
     DeviceInfo,
     ModelProfile,
@@ -18,9 +20,12 @@ from common.profiling import (
     configurations,
     fit_cost_model,
     model_sections,
+    narrowed,
     profile_document,
     timing_noise,
+    width_configurations,
 )
+from tests.conftest import TinyBatchNormNet
 from tests.test_cli import fedprune
 
 
@@ -55,6 +60,14 @@ def test_slopes_are_never_negative(tiny):
     assert fit.per_weight["fc1.weight"] == 0.0 and fit.per_weight["fc2.weight"] > 0
 
 
+def test_the_constant_is_never_negative_either(tiny):
+    _, layout = tiny
+    kept = np.array([[12, 6], [6, 6], [12, 3], [3, 3]], dtype=float)
+    times = (kept @ np.array([1e-4, 1e-4]) - 1e-4)[:, None].repeat(2, axis=1)
+    fit = fit_cost_model(layout, kept.astype(int), times, iterations=1)
+    assert fit.t0 == 0.0 and min(fit.per_weight.values()) >= 0
+
+
 def test_timing_noise_is_the_median_relative_deviation_of_the_repeats():
     times = np.array([[1.0, 1.0, 1.0], [2.0, 2.2, 1.8], [4.0, 4.0, 8.0]])
     # relative MADs: 0, 0.2/2 = 0.1, 0 -> median 0
@@ -67,6 +80,30 @@ def test_bad_settings_are_refused():
         ProfileSettings(densities=(0.0,))
     with pytest.raises(ProfilingError, match="repeats"):
         ProfileSettings(repeats=0)
+
+
+def test_a_narrowed_model_keeps_a_width_of_each_layers_outputs_and_still_runs():
+    model = build_model("digits-cnn", 10, (1, 8, 8), seed=0)
+    layout = ModelLayout.from_model(model)
+    narrow = narrowed(model, layout, {"conv1.weight": 0.5, "conv2.weight": 0.25, "fc1.weight": 0.5})
+    shapes = {name: tuple(p.shape) for name, p in narrow.named_parameters() if name.endswith("weight")}
+    # conv1 16 -> 8 channels; conv2 32 -> 8 from 8 inputs; fc1 512 -> 8*4*4 = 128 inputs, 64 -> 32
+    # outputs; fc2 keeps its 10 classes
+    assert shapes == {
+        "conv1.weight": (8, 1, 3, 3),
+        "conv2.weight": (8, 8, 3, 3),
+        "fc1.weight": (32, 128),
+        "fc2.weight": (10, 32),
+    }
+    assert narrow(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert model.conv1.out_channels == 16  # the original is untouched
+    assert len(width_configurations(layout, (1.0, 0.5, 0.25))) == 1 + 2 * (1 + 3)
+
+
+def test_a_model_with_batchnorm_is_not_narrowed():
+    model = TinyBatchNormNet()
+    with pytest.raises(ProfilingError, match="outside the chain"):
+        narrowed(model, ModelLayout.from_model(model), {"conv.weight": 0.5})
 
 
 def _profile(name: str, layout: ModelLayout, t0: float) -> ModelProfile:
@@ -82,7 +119,7 @@ def _profile(name: str, layout: ModelLayout, t0: float) -> ModelProfile:
         timing_noise=0.02,
         max_relative_residual=0.1,
     )
-    return ModelProfile(name, fit, 32, (1, 8, 8), 10, "cross-entropy", 1, "2026-01-01")
+    return ModelProfile(name, fit, 32, (1, 8, 8), 10, "cross-entropy", 1, "2026-01-01", fit, (1.0, 0.5))
 
 
 def test_a_written_profile_is_read_by_the_cost_model_and_keeps_other_models(tiny, tmp_path):
@@ -91,6 +128,7 @@ def test_a_written_profile_is_read_by_the_cost_model_and_keeps_other_models(tiny
     first = profile_document(device, [_profile("a", layout, 1e-3), _profile("b", layout, 2e-3)])
     sections = model_sections(first)
     assert set(sections) == {"a", "b"} and "[models.a.layers]" in sections["a"]
+    assert "[models.b.structured.layers]" in sections["b"]
     # Re-measuring model a keeps b as it was.
     second = profile_document(device, [_profile("a", layout, 3e-3)], kept=[sections["b"]])
     path = tmp_path / "dev.toml"
@@ -105,14 +143,28 @@ def test_a_written_profile_is_read_by_the_cost_model_and_keeps_other_models(tiny
 
 def test_fedprune_profile_measures_and_writes_a_profile(tmp_path):
     out = tmp_path / "here.toml"
-    args = ["--repeats", "2", "--densities", "1,0.5", "--min-seconds", "0.01", "--threads", "1"]
+    args = [
+        "--repeats",
+        "2",
+        "--densities",
+        "1,0.5",
+        "--widths",
+        "1,0.5",
+        "--min-seconds",
+        "0.01",
+        "--threads",
+        "1",
+    ]
     result = fedprune("profile", "-o", str(out), "--note", "a test", *args)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "fit RMSE" in result.stderr and "timing noise" in result.stderr
+    assert (
+        "(masks): t0" in result.stderr and "(widths): t0" in result.stderr and "timing noise" in result.stderr
+    )
     profile = load_profile(str(out))
     assert profile.name == "here" and set(profile.models) == {"digits-cnn"}
     timing = profile.models["digits-cnn"]
     assert timing.t0 > 0 and all(v >= 0 and math.isfinite(v) for v in timing.per_weight.values())
+    assert "[models.digits-cnn.structured]" in out.read_text()
 
 
 def test_fedprune_profile_says_when_the_model_does_not_fit_the_inputs(tmp_path):
