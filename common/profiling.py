@@ -451,6 +451,7 @@ def profile_document(device: DeviceInfo, models: Sequence[ModelProfile], kept: S
         'kind = "measured"',
         f"description = {_toml_string(device.description)}",
         f"source = {_toml_string(device.source)}",
+        f"notes = [{', '.join(_toml_string(n) for n in device.notes)}]",
         "",
         "[link]",
         f"bandwidth = {device.bandwidth:.1f}",

@@ -150,6 +150,7 @@ def profile(
     import datetime
     import os
     import platform
+    import tomllib
 
     import torch
 
@@ -216,7 +217,10 @@ def profile(
         if previous.kind != "measured":
             console.print(f"[bold red]error:[/] {output} holds {previous.kind} figures; write a new file")
             raise typer.Exit(code=2)
-        sections = model_sections(output.read_text(encoding="utf-8"))
+        text = output.read_text(encoding="utf-8")
+        sections = model_sections(text)
+        earlier_notes = tomllib.loads(text).get("device", {}).get("notes", [])
+        note = [*(str(n) for n in earlier_notes), *(n for n in note or () if n not in earlier_notes)]
         kept = [text for model, text in sections.items() if model != model_name]
         name = name or previous.name
         description = description or previous.description

@@ -162,9 +162,13 @@ def test_fedprune_profile_measures_and_writes_a_profile(tmp_path):
     )
     profile = load_profile(str(out))
     assert profile.name == "here" and set(profile.models) == {"digits-cnn"}
+    assert "[models.digits-cnn.structured]" in out.read_text()
+    # a second measurement into the same file keeps the header's notes and adds its own
+    again = fedprune("profile", "-o", str(out), "--note", "second", *args, "--skip-widths")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "# a test" in out.read_text() and "# second" in out.read_text()
     timing = profile.models["digits-cnn"]
     assert timing.t0 > 0 and all(v >= 0 and math.isfinite(v) for v in timing.per_weight.values())
-    assert "[models.digits-cnn.structured]" in out.read_text()
 
 
 def test_fedprune_profile_says_when_the_model_does_not_fit_the_inputs(tmp_path):
