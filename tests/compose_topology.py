@@ -18,7 +18,6 @@ Nothing else of a command is changed.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import socket
@@ -180,7 +179,3 @@ def executable(argv: list[str], bin_dir: Path) -> list[str]:
     if not program.exists():
         raise ComposeError(f"{argv[0]} is not installed in {bin_dir}")
     return [str(program), *argv[1:]]
-
-
-def environment(extra: Mapping[str, str]) -> dict[str, str]:
-    return {**os.environ, **extra}

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import tomli_w
+
+from common.settings import flatten
 
 from .compose_topology import LocalNetwork, executable, load_services
 
@@ -129,12 +130,12 @@ class Federation:
 
     def start_run(self, name: str, **overrides: object) -> tuple[subprocess.Popen, Path]:
         """``flwr run`` with docker/run-config.toml plus ``overrides``; output.dir mapped here."""
-        run_config = flat(tomllib.loads((DOCKER / "run-config.toml").read_text(encoding="utf-8")))
+        run_config = flatten(tomllib.loads((DOCKER / "run-config.toml").read_text(encoding="utf-8")))
         mounts = dict(self.services["serverapp"].mounts)
         run_config["output.dir"] = mounts[str(run_config["output.dir"])]
         run_config.update({"output.name": name, **overrides})
         path = self.workdir / f"{name}.toml"
-        path.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+        path.write_text(toml_lines(run_config), encoding="utf-8")
         env = {**os.environ, "FLWR_HOME": str(self.cli_home)}
         log = (self.workdir / f"run-{name}.log").open("w")
         command = [str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", str(path)]
@@ -152,14 +153,15 @@ class Federation:
         return output
 
 
-def flat(table: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def toml_lines(flat: dict[str, object]) -> str:
+    """A run-config TOML file of dotted keys (str, bool, int and float values)."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+
+    return "".join(f"{key} = {value(v)}\n" for key, v in flat.items())
 
 
 def small_run(**overrides: object) -> dict[str, object]:
