@@ -168,7 +168,10 @@ def test_fedprune_profile_measures_and_writes_a_profile(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "# a test" in out.read_text() and "# second" in out.read_text()
     timing = profile.models["digits-cnn"]
-    assert timing.t0 > 0 and all(v >= 0 and math.isfinite(v) for v in timing.per_weight.values())
+    assert timing.t0 >= 0 and all(v >= 0 and math.isfinite(v) for v in timing.per_weight.values())
+    layout = ModelLayout.from_model(build_model("digits-cnn", 10, (1, 8, 8)))
+    dense = CostModel.from_profile(profile, "digits-cnn", layout, 1, None, 8.0)
+    assert dense.compute_time(layout.kept_per_layer(layout.full_mask())) > 0
 
 
 def test_fedprune_profile_says_when_the_model_does_not_fit_the_inputs(tmp_path):
