@@ -21,6 +21,7 @@ from .data import DATASETS, PARTITIONINGS
 from .models import MODELS
 from .pruning import METHODS, MethodSettings, PruningMethod
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
+from .wire import WireFormat
 
 DATA_DIR_ENV = "FEDPRUNE_DATA_DIR"
 
@@ -134,6 +135,24 @@ class CostSettings(Section):
 
 
 @dataclass(frozen=True)
+class WireSettings(Section):
+    """How numbers travel (see common/wire): lossless float32 unless a lossy format is chosen."""
+
+    PREFIX = "wire"
+
+    values: Literal["float32", "float16", "bfloat16"] = "float32"  # kept weights, both directions
+    importance: Literal["float32", "bfloat16"] = "float32"  # PruneFL's uploaded statistic
+    compression_level: int = 1  # zstd level for masks, values and importance; 0 = off
+
+    def validate(self) -> None:
+        level = self.compression_level
+        self.require("compression_level", 0 <= level <= 22, "an integer in [0, 22] (0 = off)")
+
+    def format(self) -> WireFormat:
+        return WireFormat(self.values, self.importance, self.compression_level)
+
+
+@dataclass(frozen=True)
 class EvaluateSettings(Section):
     PREFIX = "evaluate"
 
@@ -152,10 +171,12 @@ class OutputSettings(Section):
 
     dir: str = "results"  # parent folder of the run's results folder
     name: str = ""  # the run's folder name; "" = <time>-<method>-<dataset>
+    checkpoint_every: int = 10  # rounds between checkpoints (also after round 0 and the last); 0 = none
 
     def validate(self) -> None:
         self.require("dir", bool(self.dir), "a folder path")
         self.require("name", "/" not in self.name and self.name not in (".", ".."), "a plain folder name")
+        self.require("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = no checkpoints)")
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,7 @@ SECTIONS: tuple[type[Section], ...] = (
     TrainSettings,
     PruningSettings,
     CostSettings,
+    WireSettings,
     EvaluateSettings,
     OutputSettings,
     SimulationSettings,
@@ -203,6 +225,7 @@ class AppConfig:
     pruning: PruningSettings
     method: MethodSettings
     cost: CostSettings
+    wire: WireSettings
     evaluate: EvaluateSettings
     output: OutputSettings
     simulation: SimulationSettings
@@ -230,15 +253,65 @@ class AppConfig:
             pruning=pruning,
             method=METHODS[pruning.method].Settings.from_flat(flat),
             cost=CostSettings.from_flat(flat),
+            wire=WireSettings.from_flat(flat),
             evaluate=EvaluateSettings.from_flat(flat),
             output=OutputSettings.from_flat(flat),
             simulation=SimulationSettings.from_flat(flat),
         )
+        config.check_other_methods(flat)
+        config.check_evaluation()
         return config
+
+    def check_other_methods(self, flat: Mapping[str, object]) -> None:
+        """A method's setting given while another method is selected is an error.
+
+        Such a setting would be silently ignored (a target density handed to a
+        method without one, say), so it stops the run. Keys at their default value
+        pass, since ``flwr run`` hands every key of ``pyproject.toml`` to the app.
+        """
+        selected = self.pruning.method
+        for name, method in METHODS.items():
+            if name == selected or not method.settings_keys():
+                continue
+            given = method.Settings.from_flat(flat).to_flat()
+            defaults = method.Settings().to_flat()
+            for key in method.settings_keys():
+                if key in flat and given[key] != defaults[key]:
+                    raise ConfigError(
+                        key,
+                        flat[key],
+                        f"a setting of pruning method {name!r}, but pruning.method = {selected!r} "
+                        f"ignores it; remove it or select {name!r}",
+                    )
+
+    def check_evaluation(self) -> None:
+        """The evaluation settings must evaluate something."""
+        evaluate, rounds = self.evaluate, self.federation.rounds
+        if evaluate.server:
+            return  # the server evaluates every `every` rounds and always the last one
+        if evaluate.client_fraction == 0:
+            raise ConfigError(
+                "evaluate.client-fraction",
+                evaluate.client_fraction,
+                "> 0 when evaluate.server = false; otherwise no round is evaluated",
+            )
+        if evaluate.every > rounds:
+            raise ConfigError(
+                "evaluate.every",
+                evaluate.every,
+                f"at most federation.rounds ({rounds}) when only clients evaluate "
+                "(evaluate.server = false); otherwise no round is evaluated",
+            )
 
     def check_simulation(self) -> None:
         """Checks against ``simulation.num-clients``, for runs that start their own clients."""
         fed, sim = self.federation, self.simulation
+        if fed.clients_per_round > sim.num_clients:
+            raise ConfigError(
+                "federation.clients-per-round",
+                fed.clients_per_round,
+                f"at most simulation.num-clients ({sim.num_clients}), or 0 for all",
+            )
         if fed.min_clients > sim.num_clients:
             raise ConfigError(
                 "federation.min-clients",
@@ -264,6 +337,7 @@ class AppConfig:
             self.pruning,
             self.method,
             self.cost,
+            self.wire,
             self.evaluate,
             self.output,
             self.simulation,

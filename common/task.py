@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .settings import ConfigError, Section
+from .wire import WireFormat
 
 IMPORTANCE_REQUESTS = ("off", "accumulate", "upload")
 
@@ -44,12 +45,22 @@ class TaskSpec(Section):
     importance_scope: Literal["pruned", "all"] = "pruned"
     mask_version: int = 0
     seed: int = 0
+    wire_values: Literal["float32", "float16", "bfloat16"] = "float32"
+    wire_importance: Literal["float32", "bfloat16"] = "float32"
+    wire_compression_level: int = 1
+
+    @property
+    def wire(self) -> WireFormat:
+        """How this node writes its replies (the server's ``wire.*`` settings)."""
+        return WireFormat(self.wire_values, self.wire_importance, self.wire_compression_level)
 
     def validate(self) -> None:
         self.require("lr", self.lr >= 0, "a learning rate >= 0")
         self.require("local_steps", self.local_steps >= 1, "an integer >= 1")
         self.require("batch_size", self.batch_size >= 1, "an integer >= 1")
         self.require("mask_version", self.mask_version >= 0, "an integer >= 0")
+        level = self.wire_compression_level
+        self.require("wire_compression_level", 0 <= level <= 22, "an integer in [0, 22]")
 
     @classmethod
     def from_message_config(cls, config: Mapping[str, object]) -> TaskSpec:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from common.config import AppConfig, load_config
+from common.config import AppConfig, load_config, read_preset
 from common.settings import ConfigError
+
+if TYPE_CHECKING:
+    from server.checkpoint import Checkpoint
 
 app = typer.Typer(
     name="fedprune",
@@ -39,6 +43,13 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one key, e.g. --set train.lr=0.05 (repeatable)."),
 ]
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Continue the run of this results folder from its latest checkpoint, with its own config.toml.",
+    ),
+]
 
 
 def preset_path(config: Path | None) -> Path | None:
@@ -58,22 +69,60 @@ def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:
         resolved.check_simulation()
         preflight(resolved)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=2) from None
     return resolved
 
 
+def resolve_resume(
+    folder: Path, config: Path | None, overrides: list[str] | None
+) -> tuple[AppConfig, Checkpoint]:
+    """The configuration and latest checkpoint of a results folder to continue."""
+    from server.app import RunError, check_fits, preflight
+    from server.checkpoint import CheckpointError, latest_checkpoint
+    from server.results import CONFIG_FILE
+
+    try:
+        if config is not None or overrides:
+            raise ConfigError(
+                "--resume", str(folder), "alone: a run continues with its own config.toml", what="option"
+            )
+        folder = folder.expanduser().resolve()
+        if not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                "--resume",
+                str(folder),
+                f"a results folder of fedprune simulate (with {CONFIG_FILE})",
+                what="option",
+            )
+        flat = read_preset(folder / CONFIG_FILE)
+        flat.update({"output.dir": str(folder.parent), "output.name": folder.name})
+        resolved = AppConfig.from_flat(flat)
+        resolved.check_simulation()
+        layout = preflight(resolved)
+        checkpoint = latest_checkpoint(folder)
+        check_fits(checkpoint, resolved, layout)
+    except (ConfigError, CheckpointError, RunError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(code=2) from None
+    return resolved, checkpoint
+
+
 @app.command()
-def simulate(config: ConfigOption = None, set_: SetOption = None) -> None:
+def simulate(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None) -> None:
     """Run a local multi-client simulation on Flower's simulation engine (Ray)."""
-    resolved = resolve(config, set_)
+    checkpoint: Checkpoint | None = None
+    if resume is not None:
+        resolved, checkpoint = resolve_resume(resume, config, set_)
+    else:
+        resolved = resolve(config, set_)
     from simulations.runner import SimulationError
     from simulations.runner import simulate as run
 
     try:
-        summary = run(resolved)
+        summary = run(resolved, checkpoint)
     except (SimulationError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     typer.echo(summary.last_line())
 
