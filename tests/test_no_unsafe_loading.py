@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIPPED_DIRS = {".venv", "venv", ".git", "build", "dist", "results", "node_modules", "__pycache__"}
+SKIPPED_DIRS = {
+    ".venv",
+    ".venv-ci",  # .ci/run's virtual environment, inside the clone
+    "venv",
+    ".git",
+    "build",
+    "dist",
+    "results",
+    "node_modules",
+    "__pycache__",
+}
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 ALLOWED: dict[str, str] = {}  # "path/relative/to/root.py": "why it may unpickle, and how it restricts it"
 
