@@ -205,7 +205,7 @@ def _on_client(
     )
     problems = []
     for reply in replies:
-        measured = messenger.log(reply, 0, "initial-pruning", "up", reply.metadata.src_node_id)
+        measured = messenger.log_reply(reply, 0, "initial-pruning", exchange.sender(reply))
         try:
             exchange.accept_origin(reply, measured.total)
             if reply.has_error():

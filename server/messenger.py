@@ -28,6 +28,7 @@ from .communication import CommunicationLog
 from .global_model import GlobalModel
 from .mask_history import MaskHistory
 from .nodes import NodeBook, NodeInfo
+from .validation import from_superlink
 
 
 class Messenger:
@@ -117,7 +118,7 @@ class Messenger:
 
         def exchange(query: Message, reply: Message | None) -> None:
             self.log(query, 0, "setup", "down", query.metadata.dst_node_id)
-            if reply is not None:
+            if reply is not None and not from_superlink(reply):
                 self.log(reply, 0, "setup", "up", reply.metadata.src_node_id)
 
         self.nodes.refresh(
@@ -141,6 +142,13 @@ class Messenger:
         return payload_bound(
             layout, mask_bits, info.num_values, info.value_bits, info.num_importance, info.importance_bits
         )
+
+    def log_reply(self, reply: Message, server_round: int, phase: str, node_id: int) -> MessageBytes:
+        """Measure a reply and log it as ``node_id``'s upload, unless the SuperLink wrote
+        it (a "Node Unavailable" error): that one never crossed the node's link."""
+        if from_superlink(reply):
+            return measure_message(reply)
+        return self.log(reply, server_round, phase, "up", node_id)
 
     def log(
         self,

@@ -21,7 +21,7 @@ from flwr.supercore import log
 
 from common import keys
 
-from .validation import RejectedReply, describe_metrics, required_records
+from .validation import RejectedReply, describe_metrics, from_superlink, required_records
 
 
 @dataclass
@@ -73,8 +73,13 @@ class NodeBook:
         if not new:
             return
         queries = {node_id: make_query(node_id) for node_id in new}
+        answered = list(grid.send_and_receive(list(queries.values()), timeout=timeout))
+        # An error reply the SuperLink writes for an unreachable node comes from the
+        # SuperLink, not the node: it answers for the node its query went to.
+        by_id = {q.metadata.message_id: node_id for node_id, q in queries.items()}
         replies = {
-            r.metadata.src_node_id: r for r in grid.send_and_receive(list(queries.values()), timeout=timeout)
+            by_id.get(r.metadata.reply_to_message_id, -1) if from_superlink(r) else r.metadata.src_node_id: r
+            for r in answered
         }
         for node_id, query in queries.items():
             reply = replies.get(node_id)

@@ -238,8 +238,8 @@ class PruningFedAvg(FedAvg):
         accepted: list[TrainReply] = []
         exchange = self.exchanges["train"]
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            measured = self.messenger.log(reply, server_round, "train", "up", node_id)
+            node_id = exchange.sender(reply)
+            measured = self.messenger.log_reply(reply, server_round, "train", node_id)
             try:
                 exchange.accept_origin(reply, measured.total)
                 if reply.has_error():
@@ -378,8 +378,8 @@ class PruningFedAvg(FedAvg):
         losses, accuracies, sizes = [], [], []
         exchange = self.exchanges["evaluate"]
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            measured = self.messenger.log(reply, server_round, "evaluate", "up", node_id)
+            node_id = exchange.sender(reply)
+            measured = self.messenger.log_reply(reply, server_round, "evaluate", node_id)
             try:
                 exchange.accept_origin(reply, measured.total)
                 if reply.has_error():

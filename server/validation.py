@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import keys
 from common.layout import ModelLayout
@@ -67,6 +68,17 @@ def max_reply_bytes(layout: ModelLayout) -> int:
     return 2 * dense_bytes(layout) + -(-layout.num_prunable // 8) + HEADER_ALLOWANCE
 
 
+def from_superlink(reply: Message) -> bool:
+    """Whether the SuperLink wrote ``reply`` itself, as an error on behalf of a node.
+
+    Flower 1.41's SuperLink answers a message whose destination node stopped
+    sending heartbeats (for 2 x its 30 s interval) with a "Node Unavailable" error
+    reply of its own: its source is the SuperLink, not the node, and it never
+    crossed the node's link.
+    """
+    return reply.metadata.src_node_id == SUPERLINK_NODE_ID and reply.has_error()
+
+
 @dataclass
 class Exchange:
     """The messages of one phase of one round, to match replies against.
@@ -85,18 +97,31 @@ class Exchange:
         self.answered: set[int] = set()
         self._sent_ids: dict[int, set[str]] | None = None  # filled on the first reply: ids exist once sent
 
-    def _ids_sent_to(self, node_id: int) -> set[str]:
+    def _sent(self) -> dict[int, set[str]]:
         if self._sent_ids is None:
             self._sent_ids = {}
             for message in self.messages:
                 self._sent_ids.setdefault(message.metadata.dst_node_id, set()).add(
                     message.metadata.message_id
                 )
-        return self._sent_ids.get(node_id, set())
+        return self._sent_ids
+
+    def _ids_sent_to(self, node_id: int) -> set[str]:
+        return self._sent().get(node_id, set())
+
+    def sender(self, reply: Message) -> int:
+        """The node ``reply`` answers for: its source, or for an error the SuperLink
+        wrote on behalf of an unavailable node (:func:`from_superlink`), the node
+        the replied-to message went to."""
+        if from_superlink(reply):
+            for node_id, ids in self._sent().items():
+                if reply.metadata.reply_to_message_id in ids:
+                    return node_id
+        return reply.metadata.src_node_id
 
     def accept_origin(self, reply: Message, measured_bytes: int) -> None:
         """Check who sent ``reply``, for which message, and its size; remember the sender."""
-        node_id = reply.metadata.src_node_id
+        node_id = self.sender(reply)
         if node_id not in self.nodes:
             raise RejectedReply("not-asked", f"node {node_id} was not sent a message this round")
         metadata = reply.metadata

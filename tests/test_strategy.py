@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from flwr.app import Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client.app import app as client_app
 from client.node_state import IMPORTANCE_RECORD
@@ -288,3 +290,53 @@ def test_importance_rebuilt_from_lossy_updates_starts_from_the_values_sent(tmp_p
         num_nodes=3,
     )
     assert rebuilt and max(rebuilt) == 0.0
+
+
+def test_a_superlink_error_reply_for_a_dead_node_counts_once_for_that_node(tmp_path):
+    """Flower 1.41's SuperLink answers for a node that stopped sending heartbeats
+    with an error reply whose source is the SuperLink (node id 1), not the node."""
+
+    class DeadNodeGrid(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            alive = [
+                m for m in messages if not (m.metadata.group_id == "2" and m.metadata.dst_node_id == 102)
+            ]
+            replies = list(super().send_and_receive(alive, timeout=timeout))
+            for message in messages:
+                if message not in alive:
+                    message.metadata.__dict__["_message_id"] = "dead-102"
+                    reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                    replies.append(reply)
+            return replies
+
+    config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", *FAST])
+    summary = run_federation(DeadNodeGrid(client_app, 3), config)
+    rows = read_rounds(Path(summary.results_dir))
+    assert (int(rows[2]["clients"]), int(rows[2]["failures"])) == (3, 1)
+    assert rows[2]["train_loss"] != ""  # the two live nodes were aggregated
+    with (Path(summary.results_dir) / "communication.csv").open() as f:
+        up = [r for r in csv.DictReader(f) if r["round"] == "2" and r["direction"] == "up"]
+    assert sorted(r["node_id"] for r in up) == ["100", "101"]  # nothing charged to the dead node
+
+
+def test_the_server_needs_no_data_with_client_evaluation_and_client_initial_pruning(tmp_path, monkeypatch):
+    """The deployment configuration (docker/run-config.toml): the server holds no data."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the server loaded data")
+
+    monkeypatch.setattr("server.app.load_dataset", no_data)
+    monkeypatch.setattr("server.initial_pruning.initial_data_for", no_data)
+    summary, _ = run(
+        tmp_path,
+        [
+            *FAST,
+            "evaluate.server=false",
+            "evaluate.client-fraction=1.0",
+            "pruning.prunefl.initial-pruning=client",
+        ],
+    )
+    ip = json.loads((Path(summary.results_dir) / "initial_pruning.json").read_text())
+    assert ip["where"] == "client" and 0 < summary.final_accuracy <= 1
