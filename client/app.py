@@ -41,7 +41,7 @@ from common.models import build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
 from common.task import TaskSpec
-from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss, train_locally
+from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss
 from common.wire import WireError
 from common.wire.codec import ModelPayload, decode_payload, encode_payload
 
@@ -192,6 +192,10 @@ def _method(job: Job, config: ConfigRecord) -> PruningMethod:
         local_steps=job.spec.local_steps,
         full_participation=False,
         seed=job.spec.seed,
+        model=job.spec.model,
+        num_classes=job.source.num_classes,
+        input_shape=job.source.input_shape,
+        batch_size=job.spec.batch_size,
     )
     return method_class(method_class.Settings.from_flat(config), env)
 
@@ -204,20 +208,23 @@ def train(message: Message, context: Context) -> RecordDict:
     spec, layout = job.spec, job.layout
     mask = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
-    client_config = {k.removeprefix("method."): v for k, v in config.items() if k.startswith("method.")}
-    hooks = _method(job, config).training_hooks(client_config)
+    client_config = {
+        k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
+    }
+    seed = _batch_seed(spec, job.partition_id)
+    hooks = _method(job, config).training_hooks(client_config, seed + 1)
     statistic = GradientStatistic.NONE if spec.importance == "off" else GradientStatistic.SUM
-    result = train_locally(
+    result = hooks.train(
         job.model,
         layout,
         mask,
-        job.data.train.batches(spec.batch_size, _batch_seed(spec, job.partition_id)),
+        job.data.train.batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
         make_loss(spec.loss, job.source.num_classes),
         statistic,
-        hooks=hooks,
     )
+    own_mask = hooks.client_mask(job.model, layout, mask)
     upload = None
     if result.statistic is not None:
         positions = (
@@ -231,20 +238,25 @@ def train(message: Message, context: Context) -> RecordDict:
             upload = job.state.take_importance(importance, spec.mask_version)
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
-    return RecordDict(
+    sent_mask = mask if own_mask is None else own_mask
+    payload = ModelPayload(
+        floats[sent_mask],
+        ints,
+        mask=None if own_mask is None else layout.prunable_part(own_mask),
+        importance=upload,
+    )
+    metrics = MetricRecord(
         {
-            keys.ARRAYS: encode_payload(ModelPayload(floats[mask], ints, importance=upload)),
-            keys.METRICS: MetricRecord(
-                {
-                    keys.NUM_EXAMPLES: weight,
-                    keys.SAMPLES_PROCESSED: result.samples,
-                    keys.TRAIN_LOSS: result.mean_loss,
-                    keys.MASK_VERSION: spec.mask_version,
-                    keys.CLIENT_SECONDS: time.monotonic() - started,
-                }
-            ),
+            keys.NUM_EXAMPLES: weight,
+            keys.SAMPLES_PROCESSED: result.samples,
+            keys.TRAIN_LOSS: result.mean_loss,
+            keys.MASK_VERSION: spec.mask_version,
+            keys.CLIENT_SECONDS: time.monotonic() - started,
         }
     )
+    for key, value in hooks.report().items():
+        metrics[f"{keys.METHOD_PREFIX}{key}"] = value
+    return RecordDict({keys.ARRAYS: encode_payload(payload), keys.METRICS: metrics})
 
 
 @app.train("initial_pruning")

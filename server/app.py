@@ -169,7 +169,17 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
     )
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
-    env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
+    env = MethodEnv(
+        layout,
+        fed.rounds,
+        config.train.local_steps,
+        full,
+        fed.seed,
+        config.model.name,
+        source.num_classes,
+        source.input_shape,
+        config.train.batch_size,
+    )
     method = config.method_class(config.method, env)
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started

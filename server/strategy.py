@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -34,13 +34,13 @@ from flwr.supercore import log
 from common import keys
 from common.config import AppConfig
 from common.cost_model import CostModel
-from common.pruning import ImportanceRequest, PruningMethod, RoundPlan
+from common.pruning import ClientReport, ImportanceRequest, PruningMethod, RoundPlan
 from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
 from common.wire.codec import decode_mask, decode_payload
 
-from .aggregation import average_counters, masked_fedavg
+from .aggregation import average_counters, masked_fedavg, per_position_fedavg
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
@@ -61,6 +61,8 @@ class TrainReply:
     samples: int
     weight: float
     loss: float
+    mask: np.ndarray | None = None  # the client's own mask, when the round's plan asks for it
+    extras: dict[str, float | list[float]] = field(default_factory=dict)  # method.<key> metrics
 
 
 class RejectedReply(ValueError):
@@ -148,7 +150,7 @@ class PruningFedAvg(FedAvg):
         )
         config = ConfigRecord(dict(spec.to_flat()))
         for key, value in plan.client_config.items():
-            config[f"method.{key}"] = value
+            config[f"{keys.METHOD_PREFIX}{key}"] = value
         return config
 
     def refresh_nodes(self, grid: Grid) -> None:
@@ -203,16 +205,22 @@ class PruningFedAvg(FedAvg):
             raise RejectedReply(f"samples-processed {samples} / num-examples {weight} must be positive")
         record = content.array_records[keys.ARRAYS]
         expects_upload = self.plan.importance is ImportanceRequest.UPLOAD
+        prefix = keys.METHOD_PREFIX
+        extras = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
         try:
-            if decode_mask(record, self.model.layout) is not None:
+            client_mask = decode_mask(record, self.model.layout)
+            if client_mask is not None and not self.plan.client_masks:
                 raise WireError("a client may not change the mask")
+            if client_mask is None and self.plan.client_masks:
+                raise WireError("this round's clients must reply with their own mask")
             payload = decode_payload(
                 record,
                 self.model.layout,
-                self.model.mask,
+                self.model.mask if client_mask is None else client_mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
             )
-        except WireError as exc:
+            self.method.check_report(extras)  # type: ignore[arg-type]
+        except (WireError, ValueError) as exc:
             raise RejectedReply(str(exc)) from exc
         if not np.isfinite(payload.values).all():
             raise RejectedReply("values contain NaN or Inf")
@@ -220,7 +228,17 @@ class PruningFedAvg(FedAvg):
             np.isfinite(payload.importance).all() and (payload.importance >= 0).all()
         ):
             raise RejectedReply("importance must be finite and non-negative")
-        return TrainReply(node, payload.values, payload.counters, payload.importance, samples, weight, loss)
+        return TrainReply(
+            node,
+            payload.values,
+            payload.counters,
+            payload.importance,
+            samples,
+            weight,
+            loss,
+            client_mask,
+            extras,
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -256,7 +274,7 @@ class PruningFedAvg(FedAvg):
             return None, None
         accepted.sort(key=lambda r: (r.node.partition_id, r.node.node_id))
         self._aggregate(server_round, accepted)
-        self._reconfigure(server_round)
+        self._reconfigure(server_round, accepted)
         self.row.train_loss = float(
             np.average([r.loss for r in accepted], weights=[r.weight for r in accepted])
         )
@@ -275,20 +293,27 @@ class PruningFedAvg(FedAvg):
                     self.importance.add_from_update(model.mask, start_values, r.values, r.samples, lr)
                 if r.importance is not None:
                     self.importance.add_upload(positions, r.importance)
-        model.floats = masked_fedavg(model.floats, model.mask, [r.values for r in accepted], weights)
+        if self.plan.client_masks:
+            masks = [r.mask for r in accepted]
+            model.floats = per_position_fedavg(model.floats, masks, [r.values for r in accepted], weights)
+        else:
+            model.floats = masked_fedavg(model.floats, model.mask, [r.values for r in accepted], weights)
         model.ints = average_counters([r.counters for r in accepted], weights)
         for r in accepted:
             r.node.mask_version = model.mask_version
 
-    def _reconfigure(self, server_round: int) -> None:
+    def _reconfigure(self, server_round: int, accepted: list[TrainReply]) -> None:
         uses_importance = self.plan.importance is not ImportanceRequest.OFF
-        new_mask = self.method.reconfigure(
+        reports = [ClientReport(r.node.partition_id, r.weight, r.mask, r.extras) for r in accepted]
+        merged = self.method.merge_clients(server_round, self.model.floats, self.model.mask, reports)
+        reconfigured = self.method.reconfigure(
             server_round,
             self.model.floats,
-            self.model.mask,
+            self.model.mask if merged is None else merged,
             self.importance.values if uses_importance else None,
             self.cost,
         )
+        new_mask = reconfigured if reconfigured is not None else merged
         if new_mask is None:
             return
         self.importance.take()

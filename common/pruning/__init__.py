@@ -8,6 +8,7 @@ under ``pruning.<name>``), then add one line below.
 from __future__ import annotations
 
 from .base import (
+    ClientReport,
     ImportanceRequest,
     InitialData,
     InitialDataSpec,
@@ -27,6 +28,7 @@ METHODS: dict[str, type[PruningMethod]] = {
 
 __all__ = [
     "METHODS",
+    "ClientReport",
     "ImportanceRequest",
     "InitialData",
     "InitialDataSpec",
