@@ -181,7 +181,8 @@ def _config_int(config: ConfigRecord, key: str) -> int:
     return value
 
 
-def _method(job: Job, config: ConfigRecord) -> PruningMethod:
+def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -> PruningMethod:
+    """The task's method; its settings come from the message (a round plan may send them)."""
     name = str(config.get("method", job.spec.method))
     if name not in METHODS:
         raise BadMessage(f"unknown pruning method {name!r}")
@@ -197,7 +198,7 @@ def _method(job: Job, config: ConfigRecord) -> PruningMethod:
         input_shape=job.source.input_shape,
         batch_size=job.spec.batch_size,
     )
-    return method_class(method_class.Settings.from_flat(config), env)
+    return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
 @app.train()
@@ -212,7 +213,7 @@ def train(message: Message, context: Context) -> RecordDict:
         k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
     }
     seed = _batch_seed(spec, job.partition_id)
-    hooks = _method(job, config).training_hooks(client_config, seed + 1)
+    hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
     statistic = GradientStatistic.NONE if spec.importance == "off" else GradientStatistic.SUM
     result = hooks.train(
         job.model,
