@@ -37,6 +37,8 @@ from .shrink import ShrinkingHooks
 class L1FilterSettings(ScheduledSettings):
     PREFIX = "pruning.l1-filter"
 
+    target_density: float = 0.5  # kept share of each group's channels
+
 
 def channel_scores(floats: np.ndarray, layout: ModelLayout, structure: ChannelStructure) -> list[np.ndarray]:
     """s_c = sum |w| over the output filters of channel c, per group."""
