@@ -121,6 +121,7 @@ def _number(value: float, digits: int = 4) -> str:
 def format_table(rows: list[ComparisonRow]) -> str:
     """The rows side by side: method, accuracy, density, bytes, FLOPs per client step."""
     header = ("method", "final accuracy", "final density", "total bytes", "FLOPs/client step", "of dense")
+    # FLOPs are counted for the final mask; Gibbs and TGF compute densely while they search
     lines = [header]
     for r in rows:
         ratio = r.flops_per_step / r.dense_flops_per_step if r.dense_flops_per_step else math.nan

@@ -51,15 +51,7 @@ CASES: dict[str, list[str]] = {
     "rethinking": ["pruning.rethinking.regime=lottery"],  # source: the magnitude run
 }
 SOURCE_OF = {"rethinking": "magnitude"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine a second one mostly spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method_of(case: str) -> str:

@@ -29,8 +29,9 @@ In FL (our adaptation; the paper trains centrally):
 
 Filter-wise, the final mask removes whole channels through their channel groups
 (:mod:`~common.pruning.channels`), scoring a channel by the sum of w^2 of all the
-filters that produce it; the output layer is pruned per weight (its rows are the
-classes). Kernel-wise applies to convolutions; linear layers are pruned per weight.
+filters that produce it; the output layer is left dense (its rows are the classes),
+so the final mask is a pure channel mask. Kernel-wise applies to convolutions;
+linear layers are pruned per weight.
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ class GibbsHooks(TrainingHooks):
         self.settings = settings
         self.beta = beta
         self.generator = torch.Generator().manual_seed(seed)
-        self.units = {t.name: unit_size(t.shape, settings.mode, t.name in outputs) for t in layout.prunable}
+        self.units = {
+            t.name: unit_size(t.shape, settings.mode, t.name in outputs)
+            for t in layout.prunable
+            if not (settings.mode == "filter" and t.name in outputs)  # filter-wise: classes stay
+        }
 
     def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         s = self.settings
@@ -183,7 +188,7 @@ def final_mask(
             keep.append(kept)
         mask = structure.channel_mask(keep, mask)
     for t in layout.prunable:
-        if t.name in grouped:
+        if t.name in grouped or (settings.mode == "filter" and t.name in outputs):
             continue
         n = unit_size(t.shape, settings.mode, t.name in outputs)
         weight = torch.from_numpy(floats[t.slice].reshape(t.shape).copy())
