@@ -8,10 +8,9 @@ from torch import nn
 
 from client.app import app as client_app
 from common.config import AppConfig, read_preset
-from common.data import DATASETS
 from common.flops import forward_macs, positions_for
 from common.layout import ModelLayout
-from common.models import MODELS, build_model
+from common.models import build_model
 from common.pruning import METHODS, MethodEnv
 from common.pruning.rethinking import Rethinking, RethinkingSettings, sparse_he_normal
 from common.settings import ConfigError
