@@ -74,14 +74,67 @@ class LocalResult:
 
 
 class TrainingHooks:
-    """Per-step hooks a pruning method may override on the client; defaults do nothing."""
+    """What a pruning method changes in a client's local training; defaults change nothing.
+
+    The defaults are PruneFL's local step: the received mask is enforced on the
+    weights, the forward pass is the model's own, nothing is added to the loss, the
+    reply carries the values at the received mask and no extra statistics. A method
+    overrides only what it changes:
+
+    * ``enforce_mask = False`` lets weights outside the received mask train
+      (Gibbs pruning samples its own masks);
+    * :meth:`forward` replaces ``model(inputs)`` (a sampled mask, channel gates);
+    * :meth:`penalty` adds a term to the loss (a FLOPs budget);
+    * :meth:`extra_parameters` are trained with the model's (gate parameters);
+    * :meth:`client_mask` is the mask the client reports after training, when it
+      chose its own; the reply then carries that mask and its values;
+    * :meth:`report` adds per-round statistics to the reply (gate values);
+    * :meth:`train` replaces the whole local loop (training a physically smaller
+      model and writing it back).
+    """
+
+    enforce_mask: bool = True
 
     def before_forward(self, model: nn.Module, step: int) -> None:
         """Called after the mask is enforced and before the forward pass."""
 
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The training forward pass."""
+        return model(inputs)
+
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """An extra loss term (for example a FLOPs budget); None for none."""
         return None
+
+    def extra_parameters(self) -> list[torch.Tensor]:
+        """Tensors outside the model that the optimiser trains too."""
+        return []
+
+    def client_mask(self, model: nn.Module, layout: ModelLayout, mask: np.ndarray) -> np.ndarray | None:
+        """The mask this client reports after training, or None to keep the received one.
+
+        A returned mask must be zero-consistent: the caller zeroes the weights
+        outside it before anything is sent.
+        """
+        return None
+
+    def report(self) -> dict[str, float | list[float]]:
+        """Extra statistics for the server (sent as ``method.<key>`` metrics)."""
+        return {}
+
+    def train(
+        self,
+        model: nn.Module,
+        layout: ModelLayout,
+        mask: np.ndarray,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        steps: int,
+        sgd: SgdSettings,
+        loss_fn: LossFn,
+        statistic: GradientStatistic = GradientStatistic.NONE,
+    ) -> LocalResult:
+        """One round of local training; by default :func:`train_locally` with these hooks."""
+        return train_locally(model, layout, mask, batches, steps, sgd, loss_fn, statistic, hooks=self)
 
 
 def _prunable_masks(
@@ -118,9 +171,12 @@ def train_locally(
     """
     hooks = hooks or TrainingHooks()
     model.train()
-    pairs = _prunable_masks(model, layout, mask)
+    pairs = _prunable_masks(model, layout, mask) if hooks.enforce_mask or masked_forward else []
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+        [*model.parameters(), *hooks.extra_parameters()],
+        lr=sgd.lr,
+        momentum=sgd.momentum,
+        weight_decay=sgd.weight_decay,
     )
     accumulated = (
         np.zeros(layout.num_floats, dtype=np.float64) if statistic is not GradientStatistic.NONE else None
@@ -134,7 +190,7 @@ def train_locally(
         hooks.before_forward(model, step)
         inputs, labels = next(batches)
         optimizer.zero_grad(set_to_none=False)
-        loss = loss_fn(model(inputs), labels)
+        loss = loss_fn(hooks.forward(model, inputs), labels)
         penalty = hooks.penalty(model)
         (loss if penalty is None else loss + penalty).backward()
         if masked_forward:
