@@ -170,13 +170,6 @@ class PruningMethod(ABC):
         """Rounds the run should last; a method with a compute budget may change it."""
         return configured
 
-    def state(self) -> dict[str, np.ndarray]:
-        """State the method keeps between rounds (for checkpoints); none by default."""
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
-        """Restore :meth:`state`."""
-
     # -- server side ---------------------------------------------------------------
     def needs_initial_data(self) -> bool:
         """True if :meth:`initial_mask` needs ``InitialData`` (one client's batches)."""

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..training import TrainingHooks
-from .base import ConfigValue, InitialData, InitialPruning, PruningMethod, RoundPlan
+from .base import ConfigValue, RoundPlan
 from .channels import ChannelStructure, structure_for
-from .magnitude import ScheduledSettings
-from .schedules import DensitySchedule
+from .magnitude import ScheduledPruning, ScheduledSettings
 from .selection import layer_count
 from .shrink import ShrinkingHooks
 
@@ -67,7 +65,7 @@ def keep_channels(scores: list[np.ndarray], alive: list[np.ndarray], density: fl
     return keep
 
 
-class L1FilterPruning(PruningMethod):
+class L1FilterPruning(ScheduledPruning):
     """Structured pruning of the channels with the smallest filter L1 norms."""
 
     name = "l1-filter"
@@ -79,34 +77,15 @@ class L1FilterPruning(PruningMethod):
         env = self.env
         return structure_for(env.model, env.num_classes, tuple(env.input_shape))
 
-    @property
-    def schedule(self) -> DensitySchedule:
-        return self.settings.make_schedule(self.env.num_rounds)
+    def target_density(self) -> None:
+        return None  # target-density is the share of channels kept, not of weights
 
-    def _prune(self, server_round: int, floats: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-        if not self.schedule.updates_at(server_round):
-            return None
+    def prune_to(self, density: float, floats: np.ndarray, mask: np.ndarray) -> np.ndarray:
         structure, layout = self.structure, self.env.layout
         effective = np.where(mask, floats, np.float32(0))
         alive = [~removed for removed in structure.removed(mask)]
-        keep = keep_channels(
-            channel_scores(effective, layout, structure), alive, self.schedule.density_at(server_round)
-        )
+        keep = keep_channels(channel_scores(effective, layout, structure), alive, density)
         return structure.channel_mask(keep, mask)
-
-    def initial_mask(self, floats: np.ndarray, mask: np.ndarray, data: InitialData | None) -> InitialPruning:
-        new = self._prune(0, floats, mask)
-        return InitialPruning(mask=mask.copy() if new is None else new)
-
-    def reconfigure(
-        self,
-        server_round: int,
-        floats: np.ndarray,
-        mask: np.ndarray,
-        importance: np.ndarray | None,
-        cost: CostModel,
-    ) -> np.ndarray | None:
-        return self._prune(server_round, floats, mask)
 
     def round_plan(self, server_round: int) -> RoundPlan:
         return RoundPlan(client_config={"shrink": True})

@@ -79,28 +79,34 @@ class MagnitudeSettings(ScheduledSettings):
         self.require("scope", self.scope in SCOPES, f"one of {SCOPES}")
 
 
-class MagnitudePruning(PruningMethod):
-    """Keep the largest |w| at the schedule's density, at the schedule's rounds."""
+class ScheduledPruning(PruningMethod):
+    """A method that prunes the server's model to its schedule's density, at the schedule's rounds.
 
-    name = "magnitude"
-    Settings = MagnitudeSettings
-    settings: MagnitudeSettings
+    Round 0 is initialisation (a one-shot schedule at ``begin-round = 0`` prunes
+    before training); afterwards :meth:`reconfigure` prunes after each scheduled
+    round's aggregation. Subclasses say how: :meth:`prune_to`.
+    """
+
+    settings: ScheduledSettings
 
     @property
     def schedule(self) -> DensitySchedule:
         return self.settings.make_schedule(self.env.num_rounds)
 
-    def target_density(self) -> float:
+    def target_density(self) -> float | None:
         return self.settings.target_density
 
-    def _prune(self, server_round: int, floats: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    def prune_to(self, density: float, floats: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The mask at ``density`` for the weights ``floats``, within ``mask``."""
+        raise NotImplementedError
+
+    def _scheduled(self, server_round: int, floats: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
         if not self.schedule.updates_at(server_round):
             return None
-        density = self.schedule.density_at(server_round)
-        return keep_top(magnitude_scores(floats), self.env.layout, density, self.settings.scope, mask)
+        return self.prune_to(self.schedule.density_at(server_round), floats, mask)
 
     def initial_mask(self, floats: np.ndarray, mask: np.ndarray, data: InitialData | None) -> InitialPruning:
-        new = self._prune(0, floats, mask)
+        new = self._scheduled(0, floats, mask)
         return InitialPruning(mask=mask.copy() if new is None else new)
 
     def reconfigure(
@@ -111,4 +117,15 @@ class MagnitudePruning(PruningMethod):
         importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
-        return self._prune(server_round, floats, mask)
+        return self._scheduled(server_round, floats, mask)
+
+
+class MagnitudePruning(ScheduledPruning):
+    """Keep the largest |w| at the schedule's density, at the schedule's rounds."""
+
+    name = "magnitude"
+    Settings = MagnitudeSettings
+    settings: MagnitudeSettings
+
+    def prune_to(self, density: float, floats: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return keep_top(magnitude_scores(floats), self.env.layout, density, self.settings.scope, mask)

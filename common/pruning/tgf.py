@@ -45,6 +45,7 @@ from torch import nn
 from ..cost_model import CostModel
 from ..flops import positions_for
 from ..layout import ModelLayout
+from ..settings import Scalar
 from ..training import TrainingHooks
 from .base import ClientReport, ConfigValue, MethodSettings, PruningMethod, RoundPlan, settings_dict
 from .channels import ChannelStructure, structure_for
@@ -230,11 +231,15 @@ class TrainableGates(PruningMethod):
     def search_rounds(self) -> int:
         return max(1, math.ceil(self.settings.search_fraction * self.env.num_rounds))
 
-    def state(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray | Scalar]:
+        """The averaged gates: the one thing TGF's server keeps between rounds."""
         return {"gates": self.gates.copy()}
 
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self._gates = np.asarray(state["gates"], dtype=np.float32).copy()
+    def load_state_dict(self, state: Mapping[str, np.ndarray | Scalar]) -> None:
+        gates = np.asarray(state.get("gates"))
+        if set(state) != {"gates"} or gates.shape != self.gates.shape or not np.isfinite(gates).all():
+            raise ValueError(f"a TGF checkpoint holds finite gates of shape {self.gates.shape}, nothing else")
+        self._gates = gates.astype(np.float32)
 
     def round_plan(self, server_round: int) -> RoundPlan:
         if server_round > self.search_rounds:
