@@ -3,7 +3,8 @@
 =============================  ================================================
 message type                   what the node does
 =============================  ================================================
-``query.describe``             reports its partition id and data sizes
+``query.describe``             reports its partition id, data sizes and
+                               samples per class
 ``train``                      trains E steps under the mask, replies with the
                                kept values (and importance when asked)
 ``train.initial_pruning``      runs the method's initial pruning on its data,
@@ -34,13 +35,13 @@ from torch import nn
 
 from common import keys
 from common.cost_model import CostModel
-from common.data import DATASETS, ClientSplit, DatasetSource, client_split
+from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
 from common.initial_data import initial_data_for
 from common.layout import ModelLayout
-from common.models import build_model
+from common.models import MODELS, build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
-from common.task import TaskSpec
+from common.task import TaskSpec, client_data
 from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss, train_locally
 from common.wire import WireError
 from common.wire.codec import ModelPayload, decode_payload, encode_payload
@@ -93,20 +94,18 @@ def prepare(message: Message, context: Context) -> Job:
     spec = TaskSpec.from_message_config(message.content.config_records[keys.CONFIG])
     if spec.dataset not in DATASETS:
         raise BadMessage(f"unknown dataset {spec.dataset!r}")
+    if spec.model not in MODELS:
+        raise BadMessage(f"unknown model {spec.model!r}; this node knows {sorted(MODELS)}")
     partition_id = _node_int(context, keys.NODE_PARTITION_ID)
     num_partitions = _node_int(context, keys.NODE_NUM_PARTITIONS)
+    if not 0 <= partition_id < num_partitions:
+        raise BadMessage(
+            f"node config '{keys.NODE_PARTITION_ID}' = {partition_id} must lie in "
+            f"[0, {keys.NODE_NUM_PARTITIONS} = {num_partitions})"
+        )
     data_dir = context.node_config.get(keys.NODE_DATA_DIR) or spec.data_dir
     source = DATASETS[spec.dataset]
-    data = client_split(
-        spec.dataset,
-        Path(str(data_dir)) if data_dir else None,
-        num_partitions,
-        partition_id,
-        spec.partitioning,
-        spec.alpha,
-        spec.partition_seed,
-        spec.client_test_fraction,
-    )
+    data = client_data(spec, Path(str(data_dir)) if data_dir else None, num_partitions, partition_id)
     model = build_model(spec.model, source.num_classes, source.input_shape)
     layout = ModelLayout.from_model(model)
     if spec.layout and spec.layout != layout.fingerprint:
@@ -117,14 +116,16 @@ def prepare(message: Message, context: Context) -> Job:
     return Job(spec, partition_id, num_partitions, data, source, model, layout, NodeState(context, layout))
 
 
-def load_model(job: Job, record: ArrayRecord) -> np.ndarray:
-    """Decode the model into ``job.model`` and return the mask in force."""
+def load_model(job: Job, record: ArrayRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the model into ``job.model``; return the mask in force and the kept values received."""
     mask = job.state.resolve_mask(record, job.spec.mask_version)
     payload = decode_payload(record, job.layout, mask)
+    if not np.isfinite(payload.values).all():
+        raise BadMessage("the model's values contain NaN or Inf")
     floats = np.zeros(job.layout.num_floats, dtype=np.float32)
-    floats[mask] = payload.values
+    floats[np.flatnonzero(mask)] = payload.values  # by index: several times faster than by mask
     load_flat(job.model, job.layout, floats, payload.counters)
-    return mask
+    return mask, payload.values
 
 
 def _arrays(message: Message) -> ArrayRecord:
@@ -168,6 +169,8 @@ def describe(message: Message, context: Context) -> RecordDict:
                     keys.NUM_PARTITIONS: job.num_partitions,
                     keys.TRAIN_SIZE: len(job.data.train),
                     keys.TEST_SIZE: len(job.data.test),
+                    keys.TRAIN_LABELS: label_histogram(job.data.train, job.source.num_classes),
+                    keys.TEST_LABELS: label_histogram(job.data.test, job.source.num_classes),
                 }
             )
         }
@@ -202,7 +205,7 @@ def train(message: Message, context: Context) -> RecordDict:
     started = time.monotonic()
     job = prepare(message, context)
     spec, layout = job.spec, job.layout
-    mask = load_model(job, _arrays(message))
+    mask, start_values = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
     client_config = {k.removeprefix("method."): v for k, v in config.items() if k.startswith("method.")}
     hooks = _method(job, config).training_hooks(client_config)
@@ -231,9 +234,13 @@ def train(message: Message, context: Context) -> RecordDict:
             upload = job.state.take_importance(importance, spec.mask_version)
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
+    kept = floats[mask]
+    # a lossy format rounds the update, not the weight: the server adds it to what it sent
+    lossy = spec.wire.lossy_values
+    reply = ModelPayload(kept - start_values if lossy else kept, ints, importance=upload, relative=lossy)
     return RecordDict(
         {
-            keys.ARRAYS: encode_payload(ModelPayload(floats[mask], ints, importance=upload)),
+            keys.ARRAYS: encode_payload(reply, layout, spec.wire),
             keys.METRICS: MetricRecord(
                 {
                     keys.NUM_EXAMPLES: weight,
@@ -251,7 +258,7 @@ def train(message: Message, context: Context) -> RecordDict:
 @_handled
 def initial_pruning(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
-    mask = load_model(job, _arrays(message))
+    mask, _ = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
     method = _method(job, config)
     try:
@@ -277,8 +284,8 @@ def initial_pruning(message: Message, context: Context) -> RecordDict:
     for key, value in result.log.items():
         info[key] = value
     info.setdefault("modelled-seconds", 0.0)
-    payload = ModelPayload(new_floats[result.mask], ints, mask=job.layout.prunable_part(result.mask))
-    return RecordDict({keys.ARRAYS: encode_payload(payload), keys.CONFIG: info})
+    payload = ModelPayload(new_floats[result.mask], ints, mask=result.mask)
+    return RecordDict({keys.ARRAYS: encode_payload(payload, job.layout, job.spec.wire), keys.CONFIG: info})
 
 
 @app.evaluate()

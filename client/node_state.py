@@ -1,7 +1,8 @@
 """What a node keeps between rounds, in Flower's ``Context.state``.
 
-* the mask it last received, with its version (one bit per prunable weight), so
-  that the server sends the mask only when the node's copy is stale;
+* the mask it last received, with its version (one bit per float, packed), so
+  that the server sends the mask only when the node's copy is stale, and then
+  only its XOR delta against this copy where that is smaller;
 * under full participation, PruneFL's importance accumulator at pruned positions,
   uploaded and cleared in reconfiguration rounds.
 
@@ -14,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from common.layout import ModelLayout
-from common.wire.codec import decode_mask
+from common.wire.codec import decode_mask, mask_base_version
 
 MASK_RECORD = "fedprune.mask"
 IMPORTANCE_RECORD = "fedprune.importance"
@@ -38,25 +39,40 @@ class NodeState:
         return int(self.versions["mask"])  # type: ignore[call-overload]
 
     def store_mask(self, mask: np.ndarray, version: int) -> None:
-        bits = np.packbits(self.layout.prunable_part(mask))
-        self.state[MASK_RECORD] = ArrayRecord({"bits": Array(bits)})
+        # the whole mask, packed (a bit per float): faster than gathering the prunable part
+        self.state[MASK_RECORD] = ArrayRecord({"bits": Array(np.packbits(mask))})
         self.versions["mask"] = version
 
     def cached_mask(self) -> np.ndarray:
         if self.mask_version == 0 or MASK_RECORD not in self.state:
             return self.layout.full_mask()
-        bits = np.unpackbits(self.state[MASK_RECORD]["bits"].numpy())[: self.layout.num_prunable]
-        return self.layout.mask_from_prunable(bits.astype(bool))
+        packed = self.state[MASK_RECORD]["bits"].numpy()
+        if packed.shape != (-(-self.layout.num_floats // 8),):
+            raise StaleMaskError(f"the stored mask version {self.mask_version} does not fit the layout")
+        return np.unpackbits(packed, count=self.layout.num_floats).view(bool)
 
     def resolve_mask(self, record: ArrayRecord, version: int) -> np.ndarray:
-        """The mask in force: from the message if it carries one, else the cached copy."""
-        mask = decode_mask(record, self.layout)
-        if mask is not None:
-            self.store_mask(mask, version)
-            return mask
-        if version != self.mask_version and version != 0:
-            raise StaleMaskError(f"node holds mask version {self.mask_version}, the message needs {version}")
-        return self.cached_mask() if version != 0 else self.layout.full_mask()
+        """The mask of ``version`` in force: decoded from the message if it carries one
+        (whole, or as a delta against this node's copy), else the cached copy."""
+        base = mask_base_version(record)
+        if base is None:
+            if version == 0:
+                return self.layout.full_mask()
+            if version != self.mask_version:
+                raise StaleMaskError(
+                    f"node holds mask version {self.mask_version}, the message needs {version}"
+                )
+            return self.cached_mask()
+        if base not in (0, self.mask_version):
+            if version == self.mask_version:  # the server missed our last reply; we hold it already
+                return self.cached_mask()
+            raise StaleMaskError(
+                f"the mask is a delta against version {base}; this node holds {self.mask_version}"
+            )
+        held = self.mask_version
+        mask = decode_mask(record, self.layout, lambda v: self.cached_mask() if v == held else None)
+        self.store_mask(mask, version)
+        return mask
 
     def add_importance(self, values: np.ndarray, mask_version: int) -> np.ndarray:
         """Add to the accumulator and return the total; a stale accumulator is dropped."""

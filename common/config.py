@@ -21,6 +21,7 @@ from .data import DATASETS, PARTITIONINGS
 from .models import MODELS
 from .pruning import METHODS, MethodSettings, PruningMethod
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
+from .wire import WireFormat
 
 DATA_DIR_ENV = "FEDPRUNE_DATA_DIR"
 
@@ -59,12 +60,29 @@ class DataSettings(Section):
     dir: str = ""  # where data files live; "" = $FEDPRUNE_DATA_DIR
     partitioning: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration (smaller = more skew)
+    classes_per_client: int = 2  # k of the pathological partitioning
+    shards_per_client: int = 2  # shards of the label-sorted data per client (shards partitioning)
     client_test_fraction: float = 0.1  # share of each client's samples held out for its evaluation
+    download: bool = False  # fetch missing data sets from the Hugging Face hub
 
     def validate(self) -> None:
         self.require("dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}")
         self.require("partitioning", self.partitioning in PARTITIONINGS, f"one of {list(PARTITIONINGS)}")
+        if self.partitioning == "natural":
+            with_writers = sorted(name for name, source in DATASETS.items() if source.has_writers)
+            self.require(
+                "partitioning",
+                DATASETS[self.dataset].has_writers,
+                f"a scheme other than natural for {self.dataset} (natural needs writers: {with_writers})",
+            )
         self.require("alpha", self.alpha > 0, "a number > 0")
+        classes = DATASETS[self.dataset].num_classes
+        self.require(
+            "classes_per_client",
+            1 <= self.classes_per_client <= classes,
+            f"an integer in [1, {classes}] ({self.dataset} has {classes} classes)",
+        )
+        self.require("shards_per_client", self.shards_per_client >= 1, "an integer >= 1")
         self.require("client_test_fraction", 0 <= self.client_test_fraction < 1, "a fraction in [0, 1)")
 
     def resolved_dir(self) -> Path | None:
@@ -134,6 +152,24 @@ class CostSettings(Section):
 
 
 @dataclass(frozen=True)
+class WireSettings(Section):
+    """How numbers travel (see common/wire): lossless float32 unless a lossy format is chosen."""
+
+    PREFIX = "wire"
+
+    values: Literal["float32", "float16", "bfloat16"] = "float32"  # kept weights, both directions
+    importance: Literal["float32", "bfloat16"] = "float32"  # PruneFL's uploaded statistic
+    compression_level: int = 1  # zstd level for masks, values and importance; 0 = off
+
+    def validate(self) -> None:
+        level = self.compression_level
+        self.require("compression_level", 0 <= level <= 22, "an integer in [0, 22] (0 = off)")
+
+    def format(self) -> WireFormat:
+        return WireFormat(self.values, self.importance, self.compression_level)
+
+
+@dataclass(frozen=True)
 class EvaluateSettings(Section):
     PREFIX = "evaluate"
 
@@ -152,10 +188,12 @@ class OutputSettings(Section):
 
     dir: str = "results"  # parent folder of the run's results folder
     name: str = ""  # the run's folder name; "" = <time>-<method>-<dataset>
+    checkpoint_every: int = 10  # rounds between checkpoints (also after round 0 and the last); 0 = none
 
     def validate(self) -> None:
         self.require("dir", bool(self.dir), "a folder path")
         self.require("name", "/" not in self.name and self.name not in (".", ".."), "a plain folder name")
+        self.require("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = no checkpoints)")
 
 
 @dataclass(frozen=True)
@@ -179,6 +217,7 @@ SECTIONS: tuple[type[Section], ...] = (
     TrainSettings,
     PruningSettings,
     CostSettings,
+    WireSettings,
     EvaluateSettings,
     OutputSettings,
     SimulationSettings,
@@ -203,6 +242,7 @@ class AppConfig:
     pruning: PruningSettings
     method: MethodSettings
     cost: CostSettings
+    wire: WireSettings
     evaluate: EvaluateSettings
     output: OutputSettings
     simulation: SimulationSettings
@@ -230,15 +270,65 @@ class AppConfig:
             pruning=pruning,
             method=METHODS[pruning.method].Settings.from_flat(flat),
             cost=CostSettings.from_flat(flat),
+            wire=WireSettings.from_flat(flat),
             evaluate=EvaluateSettings.from_flat(flat),
             output=OutputSettings.from_flat(flat),
             simulation=SimulationSettings.from_flat(flat),
         )
+        config.check_other_methods(flat)
+        config.check_evaluation()
         return config
+
+    def check_other_methods(self, flat: Mapping[str, object]) -> None:
+        """A method's setting given while another method is selected is an error.
+
+        Such a setting would be silently ignored (a target density handed to a
+        method without one, say), so it stops the run. Keys at their default value
+        pass, since ``flwr run`` hands every key of ``pyproject.toml`` to the app.
+        """
+        selected = self.pruning.method
+        for name, method in METHODS.items():
+            if name == selected or not method.settings_keys():
+                continue
+            given = method.Settings.from_flat(flat).to_flat()
+            defaults = method.Settings().to_flat()
+            for key in method.settings_keys():
+                if key in flat and given[key] != defaults[key]:
+                    raise ConfigError(
+                        key,
+                        flat[key],
+                        f"a setting of pruning method {name!r}, but pruning.method = {selected!r} "
+                        f"ignores it; remove it or select {name!r}",
+                    )
+
+    def check_evaluation(self) -> None:
+        """The evaluation settings must evaluate something."""
+        evaluate, rounds = self.evaluate, self.federation.rounds
+        if evaluate.server:
+            return  # the server evaluates every `every` rounds and always the last one
+        if evaluate.client_fraction == 0:
+            raise ConfigError(
+                "evaluate.client-fraction",
+                evaluate.client_fraction,
+                "> 0 when evaluate.server = false; otherwise no round is evaluated",
+            )
+        if evaluate.every > rounds:
+            raise ConfigError(
+                "evaluate.every",
+                evaluate.every,
+                f"at most federation.rounds ({rounds}) when only clients evaluate "
+                "(evaluate.server = false); otherwise no round is evaluated",
+            )
 
     def check_simulation(self) -> None:
         """Checks against ``simulation.num-clients``, for runs that start their own clients."""
         fed, sim = self.federation, self.simulation
+        if fed.clients_per_round > sim.num_clients:
+            raise ConfigError(
+                "federation.clients-per-round",
+                fed.clients_per_round,
+                f"at most simulation.num-clients ({sim.num_clients}), or 0 for all",
+            )
         if fed.min_clients > sim.num_clients:
             raise ConfigError(
                 "federation.min-clients",
@@ -264,6 +354,7 @@ class AppConfig:
             self.pruning,
             self.method,
             self.cost,
+            self.wire,
             self.evaluate,
             self.output,
             self.simulation,

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .cost_model import CostModel
-from .data import client_split, load_dataset
+from .data import load_dataset
 from .layout import ModelLayout
 from .models import build_model
 from .pruning import InitialData
-from .task import TaskSpec
+from .task import TaskSpec, client_data
 from .training import SgdSettings, load_flat, make_loss
 
 
@@ -27,17 +27,8 @@ def initial_data_for(
 ) -> InitialData:
     """Model and fixed batches of ``partition_id``, built the same way on either side."""
     data_dir = Path(spec.data_dir) if spec.data_dir else None
-    dataset = load_dataset(spec.dataset, data_dir)
-    split = client_split(
-        spec.dataset,
-        data_dir,
-        num_partitions,
-        partition_id,
-        spec.partitioning,
-        spec.alpha,
-        spec.partition_seed,
-        spec.client_test_fraction,
-    )
+    dataset = load_dataset(spec.dataset, data_dir, spec.download)
+    split = client_data(spec, data_dir, num_partitions, partition_id)
     model = build_model(spec.model, dataset.num_classes, dataset.input_shape)
     load_flat(model, ModelLayout.from_model(model), floats, ints)
     return InitialData(

@@ -1,42 +1,116 @@
 """Measuring a device's cost-model coefficients by timing real local steps.
 
-PruneFL's cost model (see :mod:`common.cost_model`) needs, per device and model,
-the mask-independent seconds per local iteration ``t0`` and the seconds per kept
-weight per iteration ``comp_l`` of every prunable layer. This module times the
-client's own training step (:func:`common.training.train_locally`) under masks of
-several densities, one layer at a time and all layers together, and fits
+PruneFL's cost model (Jiang et al., TNNLS 2022, Sec. IV-B; see
+:mod:`common.cost_model`) needs, per device and model, the mask-independent
+seconds per local iteration ``t0`` and the seconds per kept weight per iteration
+``comp_l`` of every prunable layer l. This module times the client's own training
+step (:func:`common.training.train_locally`) under masks of several densities,
+one layer at a time and all layers together, and fits
 
     time per iteration = t0 + sum_l comp_l * |M_l|
 
-by least squares with non-negative slopes. With dense kernels (PyTorch's default
-on CPU) zeroed weights cost as much as kept ones, and the fit says so: the slopes
-come out near zero and ``t0`` carries the whole step. The fit's error is reported.
+by least squares with non-negative coefficients, as PruneFL fits its device prototype.
+
+Robustness on a busy or throttling device:
+
+* each configuration (a fixed random mask) is timed ``repeats`` times, in a new
+  random order of the configurations per repeat, so that a slow spell of the
+  machine does not fall on one configuration; the fit uses the median of the
+  repeats;
+* every timing runs after a few warm-up iterations under the same mask and lasts
+  at least ``min_seconds`` (the number of iterations is calibrated once);
+* the report gives the fit's error (RMSE of the medians, absolute and relative
+  to the mean time) beside the timing noise (median over configurations of the
+  relative median absolute deviation of the repeats), so that a poor fit can be
+  told apart from a noisy machine.
+
+With dense kernels (PyTorch's default on CPU) zeroed weights cost as much as kept
+ones, and the fit says so: the slopes come out near zero and ``t0`` carries the
+whole step.
+
+For structured pruning, which removes whole channels and so makes the dense model
+physically smaller, the same linear model is fitted separately to timings of
+*narrowed* dense models: each prunable layer keeps a fraction (the width) of its
+output channels or features, and the next layer correspondingly fewer inputs
+(:func:`narrowed`). This needs the prunable layers to form a chain of Conv2d and
+Linear modules (activations, pooling and flattening in between); models with
+other parametrised modules (BatchNorm) or branches are not narrowed.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from .layout import ModelLayout
 from .models import build_model
 from .training import SgdSettings, make_loss, train_locally
 
 DEFAULT_DENSITIES = (1.0, 0.5, 0.2, 0.05)
+DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+
+
+class ProfilingError(ValueError):
+    """The model cannot be profiled as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to measure: densities of the masks, repeats, length of each timing."""
+
+    densities: tuple[float, ...] = DEFAULT_DENSITIES
+    repeats: int = 5
+    min_seconds: float = 0.2  # each timing lasts at least this long
+    warmup_iterations: int = 3  # before each timing, under the same mask
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.densities or not all(0 < d <= 1 for d in self.densities):
+            raise ProfilingError(f"densities {self.densities} must lie in (0, 1]")
+        if self.repeats < 1:
+            raise ProfilingError(f"repeats = {self.repeats} must be >= 1")
+        if self.min_seconds <= 0 or self.warmup_iterations < 0:
+            raise ProfilingError("min_seconds must be > 0 and warmup_iterations >= 0")
 
 
 @dataclass(frozen=True)
 class ProfileFit:
+    """The fitted coefficients of one model on this device, and how well they fit."""
+
     t0: float
     per_weight: dict[str, float]
-    samples: int
+    samples: int  # configurations fitted (each the median of `repeats` timings)
     rmse_s: float  # root mean square error of the fit, seconds per iteration
     relative_error: float  # rmse / mean measured time
     mean_iteration_s: float
+    repeats: int = 1
+    iterations: int = 0  # iterations per timing
+    timing_noise: float = math.nan  # median relative MAD of the repeats
+    max_relative_residual: float = math.nan
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A fit plus the conditions it was measured under (written to the profile file)."""
+
+    model: str
+    fit: ProfileFit
+    batch_size: int
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    loss: str
+    threads: int
+    measured_on: str  # date
+    structured: ProfileFit | None = None  # the fit on narrowed dense models
+    widths: tuple[float, ...] = ()
+    load_average: tuple[float, float] = (math.nan, math.nan)  # 1-minute load, before and after
 
 
 def random_mask(layout: ModelLayout, densities: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -49,6 +123,11 @@ def random_mask(layout: ModelLayout, densities: dict[str, float], rng: np.random
     return mask
 
 
+def _repeat(batch: tuple[torch.Tensor, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield batch
+
+
 def time_iterations(
     model: torch.nn.Module,
     layout: ModelLayout,
@@ -59,29 +138,65 @@ def time_iterations(
     num_classes: int,
 ) -> float:
     """Seconds per iteration of ``iterations`` real local SGD steps under ``mask``."""
-
-    def same_batch():  # type: ignore[no-untyped-def]
-        while True:
-            yield batch
-
+    loss_fn = make_loss(loss, num_classes)
     start = time.perf_counter()
-    train_locally(
-        model, layout, mask, same_batch(), iterations, SgdSettings(lr=1e-6), make_loss(loss, num_classes)
-    )
+    train_locally(model, layout, mask, _repeat(batch), iterations, SgdSettings(lr=1e-6), loss_fn)
     return (time.perf_counter() - start) / iterations
 
 
 def nonnegative_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least squares with the coefficients of all columns but the first kept >= 0."""
+    """Least squares with every coefficient kept >= 0 (times cannot be negative).
+
+    A simple active-set scheme: solve, drop the most negative coefficient (fix it
+    at 0), solve again; with the few columns of a cost model it ends in a few steps.
+    """
     active = list(range(design.shape[1]))
     while True:
         coef, *_ = np.linalg.lstsq(design[:, active], target, rcond=None)
         full = np.zeros(design.shape[1])
         full[active] = coef
-        negative = [i for i, c in zip(active, coef, strict=True) if i != 0 and c < 0]
+        negative = [i for i, c in zip(active, coef, strict=True) if c < 0]
         if not negative:
             return full
         active.remove(min(negative, key=lambda i: full[i]))
+
+
+def configurations(layout: ModelLayout, densities: Sequence[float]) -> list[dict[str, float]]:
+    """Dense, then per density: all layers at it, and each layer alone at it."""
+    configs: list[dict[str, float]] = [{}]
+    for d in densities:
+        if d < 1.0:
+            configs.append({t.name: d for t in layout.prunable})
+            configs += [{t.name: d} for t in layout.prunable]
+    return configs
+
+
+def timing_noise(times: np.ndarray) -> float:
+    """Median over configurations of MAD / median across repeats (0 with one repeat)."""
+    medians = np.median(times, axis=1)
+    mad = np.median(np.abs(times - medians[:, None]), axis=1)
+    return float(np.median(mad / medians))
+
+
+def fit_cost_model(layout: ModelLayout, kept: np.ndarray, times: np.ndarray, iterations: int) -> ProfileFit:
+    """Fit t = t0 + sum_l comp_l |M_l| to the medians of ``times`` (configurations x repeats)."""
+    design = np.column_stack([np.ones(len(kept)), kept.astype(float)])
+    target = np.median(times, axis=1)
+    coef = nonnegative_least_squares(design, target)
+    residuals = design @ coef - target
+    rmse = float(np.sqrt(np.mean(residuals**2)))
+    return ProfileFit(
+        t0=float(coef[0]),
+        per_weight={t.name: float(c) for t, c in zip(layout.prunable, coef[1:], strict=True)},
+        samples=len(target),
+        rmse_s=rmse,
+        relative_error=rmse / float(np.mean(target)),
+        mean_iteration_s=float(np.mean(target)),
+        repeats=times.shape[1],
+        iterations=iterations,
+        timing_noise=timing_noise(times),
+        max_relative_residual=float(np.max(np.abs(residuals) / target)),
+    )
 
 
 def profile_model(
@@ -90,78 +205,279 @@ def profile_model(
     input_shape: tuple[int, int, int],
     batch_size: int,
     loss: str = "cross-entropy",
-    densities: Sequence[float] = DEFAULT_DENSITIES,
-    iterations: int = 10,
-    repeats: int = 3,
-    seed: int = 0,
+    settings: ProfileSettings | None = None,
 ) -> ProfileFit:
     """Time local steps of ``model_name`` under varied masks and fit the cost model."""
-    rng = np.random.default_rng(seed)
-    model = build_model(model_name, num_classes, input_shape, seed=seed)
+    settings = settings or ProfileSettings()
+    rng = np.random.default_rng(settings.seed)
+    model = build_model(model_name, num_classes, input_shape, seed=settings.seed)
     layout = ModelLayout.from_model(model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     batch = (
         torch.randn((batch_size, *input_shape), generator=generator),
         torch.randint(0, num_classes, (batch_size,), generator=generator),
     )
-    configurations: list[dict[str, float]] = [{}]
-    for d in densities:
-        configurations.append({t.name: d for t in layout.prunable})
-        configurations += [{t.name: d} for t in layout.prunable]
-    time_iterations(model, layout, layout.full_mask(), batch, iterations, loss, num_classes)  # warm-up
-    rows, times = [], []
-    for _ in range(repeats):
-        for densities_of in configurations:
-            mask = random_mask(layout, densities_of, rng)
-            rows.append([1.0, *layout.kept_per_layer(mask).astype(float)])
-            times.append(time_iterations(model, layout, mask, batch, iterations, loss, num_classes))
-    design, target = np.array(rows), np.array(times)
-    coef = nonnegative_least_squares(design, target)
-    rmse = float(np.sqrt(np.mean((design @ coef - target) ** 2)))
-    return ProfileFit(
-        t0=float(coef[0]),
-        per_weight={t.name: float(c) for t, c in zip(layout.prunable, coef[1:], strict=True)},
-        samples=len(times),
-        rmse_s=rmse,
-        relative_error=rmse / float(np.mean(target)),
-        mean_iteration_s=float(np.mean(target)),
+    try:
+        dense = time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up
+    except RuntimeError as exc:
+        raise ProfilingError(
+            f"model {model_name!r} does not train on inputs of shape {input_shape} with {num_classes} "
+            f"classes ({exc}); pass the shape of the data set it is meant for "
+            "(--input-shape C,H,W --classes N)"
+        ) from exc
+    dense = time_iterations(model, layout, layout.full_mask(), batch, 3, loss, num_classes)
+    iterations = max(3, math.ceil(settings.min_seconds / dense))
+
+    configs = configurations(layout, settings.densities)
+    masks = [random_mask(layout, c, rng) for c in configs]
+    kept = np.array([layout.kept_per_layer(m) for m in masks])
+    times = np.zeros((len(configs), settings.repeats))
+    for r in range(settings.repeats):
+        for i in rng.permutation(len(configs)):
+            if settings.warmup_iterations:
+                time_iterations(model, layout, masks[i], batch, settings.warmup_iterations, loss, num_classes)
+            times[i, r] = time_iterations(model, layout, masks[i], batch, iterations, loss, num_classes)
+    return fit_cost_model(layout, kept, times, iterations)
+
+
+# -- widths (structured pruning) --------------------------------------------------------
+def _chain(model: nn.Module, layout: ModelLayout) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
+    """The prunable layers in order, checked to be a plain chain of Conv2d / Linear."""
+    modules = dict(model.named_modules())
+    chain = []
+    for t in layout.prunable:
+        name = t.name.removesuffix(".weight")
+        module = modules.get(name)
+        if not isinstance(module, nn.Conv2d | nn.Linear) or getattr(module, "groups", 1) != 1:
+            raise ProfilingError(f"{t.name} is not the weight of a plain Conv2d or Linear layer")
+        chain.append((name, module))
+    chained = {name for name, _ in chain}
+    for name, module in modules.items():
+        owns = [p for p in module.parameters(recurse=False)]
+        if owns and name not in chained:
+            raise ProfilingError(
+                f"module {name!r} ({type(module).__name__}) has parameters outside the chain of "
+                "Conv2d/Linear layers, so narrowed copies cannot be built"
+            )
+    return chain
+
+
+def narrowed(model: nn.Module, layout: ModelLayout, widths: dict[str, float]) -> nn.Module:
+    """A fresh dense copy of ``model`` in which layer l keeps ``widths[l]`` of its outputs.
+
+    ``widths`` maps weight names (``conv1.weight``) to a fraction in (0, 1]; the
+    last layer keeps all its outputs (the classes). A layer's inputs shrink with
+    the outputs of the layer before it; for a Linear layer after a flattened
+    convolution, by the same factor (``in_features`` must be a multiple of the
+    convolution's channels). The copy is checked by the caller with a forward pass.
+    """
+    chain = _chain(model, layout)
+    previous_out, previous_new = None, None
+    copy = deepcopy(model)
+    for index, (name, module) in enumerate(chain):
+        is_conv = isinstance(module, nn.Conv2d)
+        out = module.out_channels if is_conv else module.out_features
+        inputs = module.in_channels if is_conv else module.in_features
+        last = index == len(chain) - 1
+        new_out = out if last else max(1, round(out * widths.get(f"{name}.weight", 1.0)))
+        new_in = inputs
+        if previous_out is not None and previous_new is not None:
+            if inputs % previous_out != 0:
+                raise ProfilingError(
+                    f"{name} has {inputs} inputs, not a multiple of the {previous_out} before it"
+                )
+            new_in = inputs // previous_out * previous_new
+        if is_conv:
+            replacement: nn.Module = nn.Conv2d(
+                new_in,
+                new_out,
+                module.kernel_size,  # type: ignore[arg-type]
+                stride=module.stride,  # type: ignore[arg-type]
+                padding=module.padding,  # type: ignore[arg-type]
+                dilation=module.dilation,  # type: ignore[arg-type]
+                bias=module.bias is not None,
+            )
+        else:
+            replacement = nn.Linear(new_in, new_out, bias=module.bias is not None)
+        parent_name, _, attribute = name.rpartition(".")
+        parent = copy.get_submodule(parent_name) if parent_name else copy
+        setattr(parent, attribute, replacement)
+        previous_out, previous_new = out, new_out
+    return copy
+
+
+def width_configurations(layout: ModelLayout, widths: Sequence[float]) -> list[dict[str, float]]:
+    """Full width, then per width: all layers at it, and each layer but the last alone at it."""
+    narrowable = [t.name for t in layout.prunable][:-1]
+    configs: list[dict[str, float]] = [{}]
+    for w in widths:
+        if w < 1.0:
+            configs.append({name: w for name in narrowable})
+            configs += [{name: w} for name in narrowable]
+    return configs
+
+
+def profile_widths(
+    model_name: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    loss: str = "cross-entropy",
+    settings: ProfileSettings | None = None,
+    widths: Sequence[float] = DEFAULT_WIDTHS,
+) -> ProfileFit:
+    """Time dense local steps of narrowed copies of ``model_name`` and fit the cost model.
+
+    The kept weights of a layer are the weights of its narrowed copy; the slopes
+    are per weight of the *full* model's layers, so the fit reads like the
+    unstructured one: ``t = t0 + sum_l comp_l * |W_l|``.
+    """
+    settings = settings or ProfileSettings()
+    if not widths or not all(0 < w <= 1 for w in widths):
+        raise ProfilingError(f"widths {tuple(widths)} must lie in (0, 1]")
+    rng = np.random.default_rng(settings.seed)
+    full = build_model(model_name, num_classes, input_shape, seed=settings.seed)
+    full_layout = ModelLayout.from_model(full)
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch = (
+        torch.randn((batch_size, *input_shape), generator=generator),
+        torch.randint(0, num_classes, (batch_size,), generator=generator),
     )
+    configs = width_configurations(full_layout, widths)
+    models = []
+    for config in configs:
+        model = narrowed(full, full_layout, config)
+        layout = ModelLayout.from_model(model)
+        try:
+            time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up
+        except RuntimeError as exc:
+            raise ProfilingError(f"a narrowed {model_name} does not run ({exc}): widths unsupported") from exc
+        models.append((model, layout))
+    dense = time_iterations(*models[0], models[0][1].full_mask(), batch, 3, loss, num_classes)
+    iterations = max(3, math.ceil(settings.min_seconds / dense))
+    kept = np.array([[t.size for t in layout.prunable] for _, layout in models])
+    times = np.zeros((len(configs), settings.repeats))
+    for r in range(settings.repeats):
+        for i in rng.permutation(len(configs)):
+            model, layout = models[i]
+            mask = layout.full_mask()
+            if settings.warmup_iterations:
+                time_iterations(model, layout, mask, batch, settings.warmup_iterations, loss, num_classes)
+            times[i, r] = time_iterations(model, layout, mask, batch, iterations, loss, num_classes)
+    return fit_cost_model(full_layout, kept, times, iterations)
 
 
-def profile_document(
-    name: str,
-    description: str,
-    source: str,
-    fits: dict[str, ProfileFit],
-    bandwidth: float,
-    bandwidth_measured: bool,
-    bandwidth_note: str,
-) -> str:
-    """A device-profile TOML file (see :mod:`common.cost_model`) for measured fits."""
+# -- the profile file -------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The [device] and [link] tables of a profile file, and comment lines for its header."""
+
+    name: str
+    description: str
+    source: str
+    bandwidth: float
+    bandwidth_measured: bool
+    link_note: str
+    notes: tuple[str, ...] = field(default=())
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _model_lines(profile: ModelProfile) -> list[str]:
+    fit = profile.fit
     lines = [
-        f"# {description}",
-        "# MEASURED by fedprune's profiler: real local SGD steps timed under masks of",
-        "# several densities, fitted to t = t0 + sum_l comp_l |M_l| (non-negative slopes).",
-        f"# Link: {bandwidth_note}",
         "",
-        "[device]",
-        f'name = "{name}"',
-        'kind = "measured"',
-        f'description = "{description}"',
-        f'source = "{source}"',
-        "",
-        "[link]",
-        f"bandwidth = {bandwidth:.1f}",
-        f"measured = {'true' if bandwidth_measured else 'false'}",
+        f"[models.{profile.model}]",
+        f"t0 = {fit.t0:.6e}",
+        f"# fit: {fit.samples} mask configurations x {fit.repeats} repeats of {fit.iterations} iterations; "
+        f"mean {fit.mean_iteration_s * 1e3:.3f} ms per iteration; RMSE {fit.rmse_s * 1e3:.3f} ms "
+        f"({fit.relative_error:.1%}), largest residual {fit.max_relative_residual:.1%}; "
+        f"timing noise {fit.timing_noise:.1%}",
+        f"fit-rmse-s = {fit.rmse_s:.6e}",
+        f"fit-relative-error = {fit.relative_error:.4f}",
+        f"timing-noise = {fit.timing_noise:.4f}",
+        f"mean-iteration-s = {fit.mean_iteration_s:.6e}",
+        f"batch-size = {profile.batch_size}",
+        f"input-shape = [{', '.join(str(s) for s in profile.input_shape)}]",
+        f"num-classes = {profile.num_classes}",
+        f"loss = {_toml_string(profile.loss)}",
+        f"threads = {profile.threads}",
+        f"measured-on = {_toml_string(profile.measured_on)}",
+        "# the machine's 1-minute load average before and after measuring (other work running)",
+        f"load-average = [{profile.load_average[0]:.2f}, {profile.load_average[1]:.2f}]",
+        f"[models.{profile.model}.layers]",
+        *(f'"{layer}" = {value:.6e}' for layer, value in fit.per_weight.items()),
     ]
-    for model_name, fit in fits.items():
+    if profile.structured is not None:
+        wide = profile.structured
         lines += [
             "",
-            f"[models.{model_name}]",
-            f"t0 = {fit.t0:.6e}",
-            f"# fit: {fit.samples} timings, mean {fit.mean_iteration_s * 1e3:.3f} ms per iteration, "
-            f"RMSE {fit.rmse_s * 1e3:.3f} ms ({fit.relative_error:.1%})",
-            f"[models.{model_name}.layers]",
+            "# Structured pruning: dense models with fewer channels (widths "
+            f"{', '.join(f'{w:g}' for w in profile.widths)}), per layer and all together;",
+            "# |W_l| is the narrowed layer's weight count. Not read by the unstructured cost model.",
+            f"[models.{profile.model}.structured]",
+            f"t0 = {wide.t0:.6e}",
+            f"# fit: {wide.samples} width configurations x {wide.repeats} repeats of {wide.iterations} "
+            f"iterations; mean {wide.mean_iteration_s * 1e3:.3f} ms per iteration; RMSE "
+            f"{wide.rmse_s * 1e3:.3f} ms ({wide.relative_error:.1%}), largest residual "
+            f"{wide.max_relative_residual:.1%}; timing noise {wide.timing_noise:.1%}",
+            f"widths = [{', '.join(f'{w:g}' for w in profile.widths)}]",
+            f"fit-rmse-s = {wide.rmse_s:.6e}",
+            f"fit-relative-error = {wide.relative_error:.4f}",
+            f"timing-noise = {wide.timing_noise:.4f}",
+            f"[models.{profile.model}.structured.layers]",
+            *(f'"{layer}" = {value:.6e}' for layer, value in wide.per_weight.items()),
         ]
-        lines += [f'"{layer}" = {value:.6e}' for layer, value in fit.per_weight.items()]
+    return lines
+
+
+def profile_document(device: DeviceInfo, models: Sequence[ModelProfile], kept: Sequence[str] = ()) -> str:
+    """A device-profile TOML file (see :mod:`common.cost_model`) for measured fits.
+
+    ``kept`` are [models.*] sections of an earlier file of the same device, as
+    text, for models not measured this time.
+    """
+    lines = [
+        f"# {device.description}",
+        "# MEASURED by `fedprune profile`: real local SGD steps timed under masks of several",
+        "# densities, fitted to t = t0 + sum_l comp_l |M_l| (non-negative coefficients).",
+        *(f"# {note}" for note in device.notes),
+        f"# Link: {device.link_note}",
+        "",
+        "[device]",
+        f"name = {_toml_string(device.name)}",
+        'kind = "measured"',
+        f"description = {_toml_string(device.description)}",
+        f"source = {_toml_string(device.source)}",
+        f"notes = [{', '.join(_toml_string(n) for n in device.notes)}]",
+        "",
+        "[link]",
+        f"bandwidth = {device.bandwidth:.1f}",
+        f"measured = {'true' if device.bandwidth_measured else 'false'}",
+    ]
+    for section in kept:
+        lines += ["", section.strip("\n")]
+    for profile in models:
+        lines += _model_lines(profile)
     return "\n".join(lines) + "\n"
+
+
+def model_sections(text: str) -> dict[str, str]:
+    """The ``[models.NAME]`` sections of a profile file (with their layers), by model name."""
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            header = stripped.strip("[]")
+            if header.startswith("models."):
+                name = header.removeprefix("models.").split(".")[0]
+                current = name
+                sections.setdefault(name, [])
+            else:
+                current = None
+        if current is not None:
+            sections[current].append(line)
+    return {name: "\n".join(lines).strip("\n") for name, lines in sections.items()}

@@ -8,6 +8,7 @@ binds an already validated configuration instead (``fedprune simulate``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -24,22 +25,25 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from common.config import AppConfig
+from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel, ProfileError, load_profile
 from common.data import DATASETS, load_dataset
 from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import MethodEnv
 from common.settings import ConfigError
-from common.task import TaskSpec
+from common.task import TaskSpec, client_data
 
+from .checkpoint import Checkpoint, CheckpointError
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
 from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
 from .messenger import Messenger
 from .nodes import NodeBook
+from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
 from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
+from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, format_bytes
 
 NOMINAL_BYTES_PER_VALUE = 8.0  # float32 down and up, before any round is measured
@@ -91,8 +95,11 @@ def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
         data_dir=str(data_dir) if data_dir else "",
         partitioning=config.data.partitioning,
         alpha=config.data.alpha,
+        classes_per_client=config.data.classes_per_client,
+        shards_per_client=config.data.shards_per_client,
         client_test_fraction=config.data.client_test_fraction,
         partition_seed=config.federation.seed,
+        download=config.data.download,
         model=config.model.name,
         layout=layout.fingerprint,
         lr=train.lr,
@@ -105,6 +112,9 @@ def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
         method=config.pruning.method,
         importance_scope="pruned" if train.momentum == 0 and train.weight_decay == 0 else "all",
         seed=config.federation.seed,
+        wire_values=config.wire.values,
+        wire_importance=config.wire.importance,
+        wire_compression_level=config.wire.compression_level,
     )
 
 
@@ -124,24 +134,49 @@ def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
         raise ConfigError("cost.profile", config.cost.profile, str(exc)) from exc
 
 
-def preflight(config: AppConfig) -> None:
-    """Checks that need files (device profile, data set) before any client starts."""
+def preflight(config: AppConfig) -> ModelLayout:
+    """Checks that need files (device profile, data set) before any client starts.
+
+    Only ``fedprune simulate`` calls it, where the server and the clients share the
+    data folder: the data set is loaded (and verified) and partitioned for
+    ``simulation.num-clients`` here, so a missing file or an impossible split
+    stops the run with one line before any client starts. Returns the model's layout.
+    """
     source = DATASETS[config.data.dataset]
-    layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
+    try:
+        model = build_model(config.model.name, source.num_classes, source.input_shape)
+    except ValueError as exc:
+        raise ConfigError(
+            "model.name", config.model.name, f"a model that fits {config.data.dataset}: {exc}"
+        ) from exc
+    layout = ModelLayout.from_model(model)
     cost_model_for(config, layout)
-    if config.evaluate.server or getattr(config.method, "initial_pruning", "") == "server":
-        try:
-            load_dataset(config.data.dataset, config.data.resolved_dir())
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+    data_dir = config.data.resolved_dir()
+    if data_dir is not None and not data_dir.is_dir():
+        if config.data.dir:
+            raise ConfigError("data.dir", config.data.dir, f"an existing folder ({data_dir} is none)")
+        raise ConfigError(DATA_DIR_ENV, str(data_dir), "an existing folder", what="environment variable")
+    try:
+        load_dataset(config.data.dataset, data_dir, config.data.download)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("data.dataset", config.data.dataset, str(exc)) from exc
+    try:
+        client_data(task_for_run(config, layout), data_dir, config.simulation.num_clients, 0)
+    except ValueError as exc:
+        raise ConfigError("data.partitioning", config.data.partitioning, str(exc)) from exc
+    return layout
 
 
-def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
-    """Run initial pruning and all rounds; write the results folder."""
+def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = None) -> RunSummary:
+    """Run initial pruning and all rounds; write the results folder.
+
+    With ``resume``, a checkpoint of this run's results folder, continue after the
+    checkpoint's round instead (see :func:`restore`).
+    """
     started = time.monotonic()
     fed = config.federation
     np.random.seed(fed.seed)
-    results = ResultsWriter.create(config)
+    results = ResultsWriter.create(config) if resume is None else ResultsWriter.reopen(config)
     log(INFO, "fedprune: results go to %s", results.folder)
 
     source = DATASETS[config.data.dataset]
@@ -152,12 +187,12 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
     cost = cost_model_for(config, layout)
 
     nodes = NodeBook()
-    comm = CommunicationLog(results.communication_path)
-    messenger = Messenger(model, nodes, comm)
+    comm = CommunicationLog(results.communication_path, new_file=resume is None)
+    messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)
     evaluator = None
     if config.evaluate.server:
-        dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+        dataset = load_dataset(config.data.dataset, config.data.resolved_dir(), config.data.download)
         evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
 
     describe_config = ConfigRecord(dict(task.to_flat()))
@@ -167,6 +202,7 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
         fed.connect_timeout,
         lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
     )
+    partitions = report_partitions(results.folder, nodes, config)
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
     env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
@@ -174,25 +210,100 @@ def run_federation(grid: Grid, config: AppConfig) -> RunSummary:
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started
 
-    try:
-        report = run_initial_pruning(config, method, model, cost, task, grid, nodes, messenger)
-    except InitialPruningError as exc:
-        raise RunError(str(exc)) from exc
-    results.write_json(INITIAL_PRUNING_FILE, dataclasses.asdict(report))
-    strategy.row = RoundRow(
-        round=0, wall_time_s=report.seconds, modelled_round_time_s=report.modelled_seconds
-    )
-    strategy.start(
-        grid,
-        model.to_arrayrecord(),
-        num_rounds=fed.rounds,
-        timeout=fed.round_timeout,
-        evaluate_fn=strategy.end_round,
-    )
+    runner: PruningFedAvg | ResumedStrategy = strategy
+    if resume is None:
+        try:
+            report = run_initial_pruning(config, method, model, cost, task, grid, nodes, messenger)
+        except InitialPruningError as exc:
+            raise RunError(str(exc)) from exc
+        results.write_json(INITIAL_PRUNING_FILE, dataclasses.asdict(report))
+        strategy.row = RoundRow(
+            round=0, wall_time_s=report.seconds, modelled_round_time_s=report.modelled_seconds
+        )
+    else:
+        report = restore(strategy, results, resume)
+        runner = ResumedStrategy(strategy, resume.server_round)
+    if fed.rounds > (resume.server_round if resume else 0):
+        runner.start(
+            grid,
+            model.to_arrayrecord(),
+            num_rounds=fed.rounds - (resume.server_round if resume else 0),
+            timeout=fed.round_timeout,
+            evaluate_fn=runner.end_round,
+        )
     results.write_model(layout, model.floats, model.ints, model.mask)
+    report_partitions(results.folder, nodes, config, partitions)  # nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
     results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
     log(INFO, summary.last_line())
+    return summary
+
+
+def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpoint) -> InitialPruningReport:
+    """Bring a new server to the state of ``checkpoint``, a checkpoint of this run.
+
+    The results files are cut back to what they held at the checkpoint, every
+    component's state is restored, and every node's mask version is unknown (the
+    nodes are new), so each node is sent the mask with its first message.
+    """
+    state = checkpoint.state
+    check_fits(checkpoint, strategy.config, strategy.model.layout)
+    try:
+        results.load_state_dict(state["results"])
+        strategy.load_state_dict(state)
+        report = json.loads((results.folder / INITIAL_PRUNING_FILE).read_text(encoding="utf-8"))
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise RunError(f"checkpoint {checkpoint.folder} cannot be restored: {exc!r}") from exc
+    log(
+        INFO,
+        "fedprune: resuming after round %d from %s (density %.4f, mask version %d)",
+        checkpoint.server_round,
+        checkpoint.folder,
+        strategy.model.density,
+        strategy.model.mask_version,
+    )
+    return InitialPruningReport(**{**report, "log": report.get("log") or {}})
+
+
+RELOCATABLE_KEYS = ("output.dir", "output.name")  # a results folder may be moved before resuming
+
+
+def check_fits(checkpoint: Checkpoint, config: AppConfig, layout: ModelLayout) -> None:
+    """Raise :class:`RunError` unless ``checkpoint`` was written by this configuration and model."""
+    saved = checkpoint.state.get("config", {})
+    current = config.to_flat()
+    for key in sorted(set(saved) | set(current)):
+        if key in RELOCATABLE_KEYS:
+            continue
+        if saved.get(key) != current.get(key):
+            raise RunError(
+                f"checkpoint {checkpoint.folder} was written with {key} = {saved.get(key)!r}, "
+                f"but the configuration now says {current.get(key)!r}; resume with the run's own config.toml"
+            )
+    if checkpoint.state.get("layout") != layout.fingerprint:
+        raise RunError(
+            f"checkpoint {checkpoint.folder} is of another model layout than {config.model.name!r}"
+        )
+    if not 0 <= checkpoint.server_round <= config.federation.rounds:
+        raise RunError(f"checkpoint round {checkpoint.server_round} is outside 0..{config.federation.rounds}")
+
+
+def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig, written: dict | None = None) -> dict:
+    """Write the partition summary and plot of the nodes described so far (unless as ``written``)."""
+    source = DATASETS[config.data.dataset]
+    args = (nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes)
+    if written is not None and partition_summary(*args) == written:
+        return written
+    summary = write_partition_report(folder, *args)
+    log(
+        INFO,
+        "partitions: %d clients, %d training and %d test samples, label skew %.3f (%s)",
+        summary["clients"],
+        summary["train_samples"],
+        summary["test_samples"],
+        summary["label_skew"],
+        folder / PARTITIONS_FILE,
+    )
     return summary
 
 
@@ -239,12 +350,14 @@ def environment() -> dict[str, str]:
 
 
 def build_server_app(
-    config: AppConfig | None = None, on_finish: Callable[[RunSummary], None] | None = None
+    config: AppConfig | None = None,
+    on_finish: Callable[[RunSummary], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``config`` (or reading the run config when None).
 
     ``on_finish`` receives the run's summary, for callers that start the app
-    themselves (``fedprune simulate``).
+    themselves (``fedprune simulate``); ``resume`` continues a run from its checkpoint.
     """
     server_app = ServerApp()
 
@@ -252,10 +365,10 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
-            summary = run_federation(grid, resolved)
+            summary = run_federation(grid, resolved, resume)
             if on_finish is not None:
                 on_finish(summary)
-        except (ConfigError, RunError, TimeoutError) as exc:
+        except (ConfigError, RunError, CheckpointError, TimeoutError) as exc:
             # A user's mistake or an unreachable federation: one clear line, no traceback.
             log(ERROR, "fedprune: %s", exc)
             if config is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -34,12 +36,20 @@ class GlobalModel:
         self.mask_version += 1
         return True
 
+    def kept_positions(self) -> np.ndarray:
+        """Indices of the kept floats, cached per mask (gathering by index is faster than by mask)."""
+        cached = self.__dict__.get("_kept")
+        if cached is None or cached[0] is not self.mask:
+            cached = (self.mask, np.flatnonzero(self.mask))
+            self.__dict__["_kept"] = cached
+        return cached[1]
+
     @property
     def density(self) -> float:
         return self.layout.density(self.mask)
 
     def kept_values(self) -> np.ndarray:
-        return self.floats[self.mask]
+        return self.floats.take(self.kept_positions())
 
     def masked_floats(self) -> np.ndarray:
         return np.where(self.mask, self.floats, np.float32(0))
@@ -47,6 +57,34 @@ class GlobalModel:
     def kept_per_layer(self) -> np.ndarray:
         """|M_l| for every prunable tensor, in layout order."""
         return self.layout.kept_per_layer(self.mask)
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        """Weights, buffers, mask and mask version, for a checkpoint."""
+        return {
+            "floats": self.floats,
+            "ints": self.ints,
+            "mask": self.mask,
+            "mask_version": self.mask_version,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; shapes and dtypes must fit the layout."""
+        expected = {
+            "floats": (np.float32, self.layout.num_floats),
+            "ints": (np.int64, self.layout.num_ints),
+            "mask": (np.bool_, self.layout.num_floats),
+        }
+        for name, (dtype, length) in expected.items():
+            array = np.asarray(state[name])
+            if array.dtype != dtype or array.shape != (length,):
+                raise ValueError(
+                    f"checkpointed {name} has dtype {array.dtype} and shape {array.shape}; "
+                    f"this model needs {np.dtype(dtype)} of shape ({length},)"
+                )
+        self.floats = np.array(state["floats"], dtype=np.float32)
+        self.ints = np.array(state["ints"], dtype=np.int64)
+        self.mask = np.array(state["mask"], dtype=bool)
+        self.mask_version = int(state["mask_version"])
 
     def to_arrayrecord(self) -> ArrayRecord:
         """The effective (masked) model as named arrays, for Flower's Result."""

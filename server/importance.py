@@ -14,6 +14,9 @@ the server keeps one accumulator for all clients instead of one per client.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from common.layout import ModelLayout
@@ -45,6 +48,19 @@ class ImportanceAccumulator:
     def add_upload(self, positions: np.ndarray, values: np.ndarray) -> None:
         """Add a client's uploaded statistic at ``positions`` of the float state."""
         self.values[positions] += values.astype(np.float64)
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        return {"values": self.values, "contributions": self.contributions}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = np.asarray(state["values"])
+        if values.dtype != np.float64 or values.shape != self.values.shape:
+            raise ValueError(
+                f"checkpointed importance has dtype {values.dtype} and shape {values.shape}; "
+                f"expected float64 of shape {self.values.shape}"
+            )
+        self.values = values.copy()
+        self.contributions = int(state["contributions"])
 
     def take(self) -> np.ndarray:
         """Return the accumulated S and start over."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -39,6 +39,16 @@ from common.wire.codec import decode_mask, decode_payload
 from .global_model import GlobalModel
 from .messenger import Messenger
 from .nodes import NodeBook
+from .validation import (
+    MAX_COUNT,
+    Exchange,
+    RejectedReply,
+    finite_array,
+    float_metric,
+    int_metric,
+    max_reply_bytes,
+    required_records,
+)
 
 
 class InitialPruningError(RuntimeError):
@@ -100,6 +110,31 @@ def run_initial_pruning(
         report.modelled_seconds,
     )
     return report
+
+
+def _checked_reply(
+    reply: Message, model: GlobalModel, messenger: Messenger
+) -> tuple[np.ndarray, np.ndarray, ConfigRecord, int, float]:
+    """The mask, kept values, log, iterations and modelled seconds of an initial-pruning reply.
+
+    Raises :class:`~server.validation.RejectedReply` (see :mod:`server.validation`).
+    """
+    required_records(reply.content, [keys.ARRAYS], [])
+    if keys.CONFIG not in reply.content.config_records:
+        raise RejectedReply("missing", f"no config record {keys.CONFIG!r}")
+    record = reply.content.array_records[keys.ARRAYS]
+    try:
+        mask = decode_mask(record, model.layout, messenger.history.mask)
+        if mask is None:
+            raise WireError("the reply carries no mask")
+        payload = decode_payload(record, model.layout, mask)
+    except WireError as exc:
+        raise RejectedReply("bad-payload", str(exc)) from exc
+    finite_array("values", payload.values)
+    info = reply.content.config_records[keys.CONFIG]
+    iterations = int_metric(info, "iterations", 0, MAX_COUNT)
+    modelled = float_metric(info, "modelled-seconds", 0.0)
+    return mask, payload.values, info, iterations, modelled
 
 
 def _adopt(model: GlobalModel, result: InitialPruning) -> None:
@@ -165,25 +200,26 @@ def _on_client(
         ip_config[key] = value
     (message,) = messenger.model_messages([node], keys.INITIAL_PRUNING, ip_config, 0, "initial-pruning")
     replies = list(grid.send_and_receive([message], timeout=config.federation.round_timeout))
-    if not replies:
-        raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
-    (reply,) = replies
-    messenger.log(reply, 0, "initial-pruning", "up", node.node_id)
-    if reply.has_error():
-        raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
-    try:
-        record = reply.content.array_records[keys.ARRAYS]
-        mask = decode_mask(record, model.layout)
-        if mask is None:
-            raise WireError("the reply carries no mask")
-        payload = decode_payload(record, model.layout, mask)
-        info = reply.content.config_records[keys.CONFIG]
-        iterations = int(info["iterations"])  # type: ignore[call-overload]
-        modelled = float(info["modelled-seconds"])  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InitialPruningError(f"node {node.node_id} sent an unusable reply: {exc}") from exc
+    exchange = Exchange(
+        0, keys.INITIAL_PRUNING, {node.node_id: node}, [message], max_reply_bytes(model.layout)
+    )
+    problems = []
+    for reply in replies:
+        measured = messenger.log_reply(reply, 0, "initial-pruning", exchange.sender(reply))
+        try:
+            exchange.accept_origin(reply, measured.total)
+            if reply.has_error():
+                raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
+            mask, values, info, iterations, modelled = _checked_reply(reply, model, messenger)
+            break
+        except RejectedReply as exc:
+            problems.append(str(exc))
+    else:
+        if not replies:
+            raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
+        raise InitialPruningError(f"node {node.node_id} sent no usable reply: {'; '.join(problems)}")
     floats = model.floats.copy()
-    floats[mask] = payload.values
+    floats[mask] = values
     _adopt(model, InitialPruning(mask=mask, floats=floats, iterations=iterations))
     node.mask_version = model.mask_version
     return InitialPruningReport(

@@ -7,34 +7,54 @@ computes its bound from what it actually carries (see :mod:`common.wire.bound`).
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common import keys
-from common.wire import codec, dense_bytes, measure_message, payload_bound
-from common.wire.codec import ModelPayload, encode_payload
+from common.wire import (
+    MessageBytes,
+    WireError,
+    WireFormat,
+    codec,
+    dense_bytes,
+    mask_bound_bits,
+    measure_message,
+    payload_bound,
+    payload_info,
+)
+from common.wire.values import value_bits
 
 from .communication import CommunicationLog
 from .global_model import GlobalModel
+from .mask_history import MaskHistory
 from .nodes import NodeBook, NodeInfo
+from .validation import from_superlink
 
 
 class Messenger:
-    def __init__(self, model: GlobalModel, nodes: NodeBook, comm: CommunicationLog) -> None:
+    def __init__(
+        self,
+        model: GlobalModel,
+        nodes: NodeBook,
+        comm: CommunicationLog,
+        wire: WireFormat,
+    ) -> None:
         self.model = model
         self.nodes = nodes
         self.comm = comm
+        self.wire = wire
+        self.history = MaskHistory(model.layout)
 
-    def _payload_record(self, with_mask: bool) -> ArrayRecord:
+    def _mask_part(self, base: int | None) -> tuple[Array | None, float]:
+        """The mask array for a node holding ``base`` (None: it needs none), and its bound in bits."""
+        if base is None:
+            return None, 0.0
         model = self.model
-        return encode_payload(
-            ModelPayload(
-                values=model.kept_values(),
-                counters=model.ints,
-                mask=model.layout.prunable_part(model.mask) if with_mask else None,
-            )
+        base_mask = self.history.mask(base)
+        array = codec.mask_array(
+            model.layout, model.mask, self.wire, base_mask if base else None, base, model.kept_positions()
         )
+        return array, mask_bound_bits(model.layout, model.mask, base_mask)
 
     def model_messages(
         self,
@@ -46,24 +66,40 @@ class Messenger:
     ) -> list[Message]:
         """One message per node: the kept values, plus the mask where the node's copy is stale.
 
+        A node holding an older version that the server still keeps gets the XOR
+        delta against it, any other stale node the whole mask; nodes that need
+        the same thing share one record (and the values array is encoded once).
         The mask of version 0 is the dense one, which every node knows.
         """
-        version = self.model.mask_version
-        records: dict[bool, RecordDict] = {}
+        model = self.model
+        version = model.mask_version
+        self.history.add(version, model.mask)
+        self.history.keep_only([version, *(n.mask_version for n in self.nodes.ordered())])
+        kept = model.kept_values()
+        values = codec.values_array(kept, self.wire)
+        counters = codec.counters_array(model.ints) if model.ints.size else None
+        values_bound = payload_bound(model.layout, 0.0, len(kept), value_bits(self.wire.values))
+        records: dict[int | None, tuple[RecordDict, float]] = {}
         messages = []
         for node in targets:
-            with_mask = version != 0 and node.mask_version != version
-            if with_mask not in records:
-                records[with_mask] = RecordDict(
-                    {keys.ARRAYS: self._payload_record(with_mask), keys.CONFIG: config}
-                )
+            base = self.history.base_for(node.mask_version, version)
+            if base not in records:
+                arrays = {codec.VALUES: values}
+                if counters is not None:
+                    arrays[codec.COUNTERS] = counters
+                mask, mask_bits = self._mask_part(base)
+                if mask is not None:
+                    arrays[codec.MASK] = mask
+                content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.CONFIG: config})
+                records[base] = (content, values_bound + mask_bits / 8)
+            content, bound = records[base]
             message = Message(
-                content=records[with_mask],
+                content=content,
                 message_type=message_type,
                 dst_node_id=node.node_id,
                 group_id=str(server_round),
             )
-            self.log(message, server_round, phase, "down", node.node_id)
+            self.log(message, server_round, phase, "down", node.node_id, bound)
             messages.append(message)
         return messages
 
@@ -82,7 +118,7 @@ class Messenger:
 
         def exchange(query: Message, reply: Message | None) -> None:
             self.log(query, 0, "setup", "down", query.metadata.dst_node_id)
-            if reply is not None:
+            if reply is not None and not from_superlink(reply):
                 self.log(reply, 0, "setup", "up", reply.metadata.src_node_id)
 
         self.nodes.refresh(
@@ -92,19 +128,47 @@ class Messenger:
             timeout,
         )
 
-    def log(self, message: Message, server_round: int, phase: str, direction: str, node_id: int) -> None:
-        """Measure one message and append it to the communication log."""
+    def bound_of(self, record: ArrayRecord) -> float:
+        """The bound of a received payload, from what it carries (a mask is decoded for it)."""
+        layout = self.model.layout
+        try:
+            info = payload_info(record)
+            mask_bits = 0.0
+            if info.mask_base is not None:
+                mask = codec.decode_mask(record, layout, self.history.mask)
+                mask_bits = mask_bound_bits(layout, mask, self.history.mask(info.mask_base))
+        except WireError:
+            return 0.0  # an unreadable payload: rejected where it is decoded
+        return payload_bound(
+            layout, mask_bits, info.num_values, info.value_bits, info.num_importance, info.importance_bits
+        )
+
+    def log_reply(self, reply: Message, server_round: int, phase: str, node_id: int) -> MessageBytes:
+        """Measure a reply and log it as ``node_id``'s upload, unless the SuperLink wrote
+        it (a "Node Unavailable" error): that one never crossed the node's link."""
+        if from_superlink(reply):
+            return measure_message(reply)
+        return self.log(reply, server_round, phase, "up", node_id)
+
+    def log(
+        self,
+        message: Message,
+        server_round: int,
+        phase: str,
+        direction: str,
+        node_id: int,
+        bound: float | None = None,
+    ) -> MessageBytes:
+        """Measure one message, append it to the communication log and return its bytes.
+
+        ``bound`` is the message's bound when the caller knows it (the payloads it
+        built); otherwise it is read from the payload.
+        """
         measured = measure_message(message)
-        bound, dense = 0.0, 0
+        dense = 0
         if message.has_content() and keys.ARRAYS in message.content.array_records:
-            record = message.content.array_records[keys.ARRAYS]
-            bound = payload_bound(
-                self.model.layout,
-                self.model.mask,
-                mask_sent=codec.MASK in record,
-                num_values=_length(record, codec.VALUES),
-                num_importance=_length(record, codec.IMPORTANCE),
-            )
+            if bound is None:
+                bound = self.bound_of(message.content.array_records[keys.ARRAYS])
             dense = dense_bytes(self.model.layout)
         self.comm.record(
             server_round,
@@ -113,12 +177,7 @@ class Messenger:
             node_id,
             self.nodes.partition_of(node_id),
             measured,
-            bound,
+            bound or 0.0,
             dense,
         )
-
-
-def _length(record: ArrayRecord, name: str) -> int:
-    if name not in record:
-        return 0
-    return int(np.prod(record[name].shape, dtype=np.int64))
+        return measured

@@ -21,6 +21,8 @@ from flwr.supercore import log
 
 from common import keys
 
+from .validation import RejectedReply, describe_metrics, from_superlink, required_records
+
 
 @dataclass
 class NodeInfo:
@@ -30,6 +32,8 @@ class NodeInfo:
     train_size: int
     test_size: int
     mask_version: int | None = None  # the mask version this node holds, if any
+    train_labels: tuple[int, ...] = ()  # samples per class, as the node reported them
+    test_labels: tuple[int, ...] = ()
 
 
 class NodeBook:
@@ -69,8 +73,13 @@ class NodeBook:
         if not new:
             return
         queries = {node_id: make_query(node_id) for node_id in new}
+        answered = list(grid.send_and_receive(list(queries.values()), timeout=timeout))
+        # An error reply the SuperLink writes for an unreachable node comes from the
+        # SuperLink, not the node: it answers for the node its query went to.
+        by_id = {q.metadata.message_id: node_id for node_id, q in queries.items()}
         replies = {
-            r.metadata.src_node_id: r for r in grid.send_and_receive(list(queries.values()), timeout=timeout)
+            by_id.get(r.metadata.reply_to_message_id, -1) if from_superlink(r) else r.metadata.src_node_id: r
+            for r in answered
         }
         for node_id, query in queries.items():
             reply = replies.get(node_id)
@@ -86,17 +95,28 @@ class NodeBook:
         if reply.has_error():
             return f"describe failed: {reply.error.reason}"
         try:
-            metrics = reply.content[keys.METRICS]
-            info = NodeInfo(
-                node_id=node_id,
-                partition_id=int(metrics[keys.PARTITION_ID]),
-                num_partitions=int(metrics[keys.NUM_PARTITIONS]),
-                train_size=int(metrics[keys.TRAIN_SIZE]),
-                test_size=int(metrics[keys.TEST_SIZE]),
+            required_records(reply.content, [], [keys.METRICS])
+            described = describe_metrics(reply.content.metric_records[keys.METRICS])
+        except RejectedReply as exc:
+            return f"describe reply rejected: {exc}"
+        twin = self.by_partition(described.partition_id)
+        if twin is not None:
+            log(
+                WARNING,
+                "node %d describes partition %d, which node %d holds too; both take part",
+                node_id,
+                described.partition_id,
+                twin.node_id,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            return f"malformed describe reply ({exc!r})"
-        self.nodes[node_id] = info
+        self.nodes[node_id] = NodeInfo(
+            node_id=node_id,
+            partition_id=described.partition_id,
+            num_partitions=described.num_partitions,
+            train_size=described.train_size,
+            test_size=described.test_size,
+            train_labels=described.train_labels,
+            test_labels=described.test_labels,
+        )
         return None
 
     def wait_for(

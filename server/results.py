@@ -14,6 +14,9 @@ file                       content
 ``model.npz``              the final effective model (pruned weights zero),
                            one array per state tensor
 ``mask.npz``               the final mask, one bool array per prunable tensor
+``partitions.json``        samples and label histogram per client, as the
+                           nodes reported them (:mod:`server.partition_report`)
+``partitions.png``         a plot of it: training samples by class per client
 =========================  ==================================================
 
 Times in ``rounds.csv`` are either measured wall-clock seconds (``wall_time_s``,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +39,9 @@ import numpy as np
 from common.config import AppConfig
 from common.layout import ModelLayout
 from common.settings import Scalar
+
+from .checkpoint import CHECKPOINT_DIR
+from .communication import truncate
 
 ROUNDS_FILE = "rounds.csv"
 COMMUNICATION_FILE = "communication.csv"
@@ -54,8 +61,10 @@ class RoundRow:
     loss: float = math.nan
     density: float = math.nan
     clients: int = 0
-    failures: int = 0
-    rejected: int = 0
+    failures: int = 0  # sampled clients whose training failed or did not answer
+    rejected: int = 0  # training replies dropped by validation (reasons in the log)
+    evaluate_failures: int = 0
+    evaluate_rejected: int = 0
     train_loss: float = math.nan
     bytes_down: int = 0
     bytes_up: int = 0
@@ -125,21 +134,45 @@ def run_folder_name(config: AppConfig) -> str:
     return f"{stamp}-{config.pruning.method}-{config.data.dataset}"
 
 
+def results_folder(config: AppConfig) -> Path:
+    return Path(config.output.dir).expanduser().resolve() / run_folder_name(config)
+
+
 class ResultsWriter:
     """Creates a run's folder and writes its files as the run goes."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, new_files: bool = True) -> None:
+        """Start the folder's ``rounds.csv``, or (``new_files=False``) append to it."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ROUNDS_FILE).open("w", newline="") as f:
-            csv.writer(f).writerow(RoundRow.columns())
+        if new_files:
+            with (folder / ROUNDS_FILE).open("w", newline="") as f:
+                csv.writer(f).writerow(RoundRow.columns())
 
     @classmethod
     def create(cls, config: AppConfig) -> ResultsWriter:
-        folder = Path(config.output.dir).expanduser().resolve() / run_folder_name(config)
+        """A new run's folder; a previous run's checkpoints there are removed."""
+        folder = results_folder(config)
         writer = cls(folder)
+        shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
         (folder / CONFIG_FILE).write_text(config_toml(config.to_flat()), encoding="utf-8")
         return writer
+
+    @classmethod
+    def reopen(cls, config: AppConfig) -> ResultsWriter:
+        """The folder of the run ``config`` describes, to continue it (rows are appended)."""
+        folder = results_folder(config)
+        if not (folder / ROUNDS_FILE).is_file():
+            raise FileNotFoundError(f"{folder} holds no {ROUNDS_FILE} to continue")
+        return cls(folder, new_files=False)
+
+    def state_dict(self) -> dict[str, int]:
+        """How much of ``rounds.csv`` was written, for a checkpoint."""
+        return {"rounds_csv_bytes": (self.folder / ROUNDS_FILE).stat().st_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Cut ``rounds.csv`` back to the rows it held at the checkpoint."""
+        truncate(self.folder / ROUNDS_FILE, int(state["rounds_csv_bytes"]))
 
     @property
     def communication_path(self) -> Path:

@@ -38,9 +38,11 @@ from common.pruning import ImportanceRequest, PruningMethod, RoundPlan
 from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
-from common.wire.codec import decode_mask, decode_payload
+from common.wire.codec import MASK, decode_payload
 
+from . import validation
 from .aggregation import average_counters, masked_fedavg
+from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
@@ -48,8 +50,10 @@ from .importance import ImportanceAccumulator
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
 from .results import ResultsWriter, RoundRow
+from .validation import Exchange, RejectedReply
 
 STALE_MASK = "stale-mask"  # prefix of a client's error reason when it lacks the mask
+NO_REPLY = "no reply to this round's message within federation.round-timeout"
 
 
 @dataclass
@@ -61,10 +65,7 @@ class TrainReply:
     samples: int
     weight: float
     loss: float
-
-
-class RejectedReply(ValueError):
-    """A reply that cannot be aggregated; the message says why."""
+    values_bytes: int = 0  # measured bytes of the reply's values
 
 
 def format_bytes(n: float) -> str:
@@ -117,11 +118,20 @@ class PruningFedAvg(FedAvg):
         self.row = RoundRow(round=0)
         self.plan = RoundPlan()
         self.sent: dict[int, NodeInfo] = {}
+        # the kept values when the round's models were sent: with a lossy value format the
+        # clients reply with their update, which is added to these exact values
+        self.sent_values = np.zeros(0, dtype=np.float32)
         self.sent_evaluate: dict[int, NodeInfo] = {}
         self.round_started = time.monotonic()
         self.run_started = time.monotonic()
         self.modelled_elapsed = 0.0
         self.grid: Grid | None = None
+        self.max_reply_bytes = validation.max_reply_bytes(model.layout)
+        self.exchanges: dict[str, Exchange] = {}
+        self.clients_hold_importance = False  # True after a round in which clients only accumulated
+        self.checkpoints = CheckpointPlanner(
+            CheckpointSchedule(config.output.checkpoint_every, config.federation.rounds)
+        )
 
     # -- logging ---------------------------------------------------------------------
     def summary(self) -> None:
@@ -169,10 +179,15 @@ class PruningFedAvg(FedAvg):
         self.plan = self.method.round_plan(server_round)
         self.sent = {node.node_id: node for node in sampled}
         self.row.clients = len(sampled)
+        self.sent_values = self.model.kept_values()
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
-        return self.messenger.model_messages(
+        messages = self.messenger.model_messages(
             sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
         )
+        self.exchanges["train"] = Exchange(
+            server_round, keys.TRAIN, self.sent, messages, self.max_reply_bytes
+        )
+        return messages
 
     def _importance_positions(self) -> np.ndarray:
         layout = self.model.layout
@@ -181,68 +196,61 @@ class PruningFedAvg(FedAvg):
         return layout.parameter_positions
 
     def decode_train_reply(self, reply: Message) -> TrainReply:
-        """Check one training reply against what was sent; raise RejectedReply if unusable."""
-        node_id = reply.metadata.src_node_id
-        node = self.sent.get(node_id)
-        if node is None:
-            raise RejectedReply(f"node {node_id} was not asked to train this round")
+        """Check one training reply's content (see :mod:`server.validation`); raise RejectedReply.
+
+        The reply's origin (asked, once, this round, size) is checked before.
+        """
+        node = self.sent[reply.metadata.src_node_id]
         content = reply.content
-        if keys.ARRAYS not in content.array_records or keys.METRICS not in content.metric_records:
-            raise RejectedReply("reply lacks its arrays or metrics record")
-        metrics = content.metric_records[keys.METRICS]
-        try:
-            samples = int(metrics[keys.SAMPLES_PROCESSED])
-            weight = float(metrics[keys.NUM_EXAMPLES])
-            loss = float(metrics[keys.TRAIN_LOSS])
-            version = int(metrics[keys.MASK_VERSION])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RejectedReply(f"metrics record incomplete or malformed: {exc!r}") from exc
-        if version != self.model.mask_version:
-            raise RejectedReply(f"trained under mask version {version}, not {self.model.mask_version}")
-        if not (samples > 0 and math.isfinite(weight) and weight > 0):
-            raise RejectedReply(f"samples-processed {samples} / num-examples {weight} must be positive")
+        validation.required_records(content, [keys.ARRAYS], [keys.METRICS])
+        train = self.config.train
+        checked = validation.train_metrics(
+            content.metric_records[keys.METRICS],
+            local_steps=train.local_steps,
+            batch_size=train.batch_size,
+            weighting=train.weighting,
+            train_size=node.train_size,
+            current_mask_version=self.model.mask_version,
+        )
+        samples, weight, loss = checked.samples, checked.weight, checked.loss
         record = content.array_records[keys.ARRAYS]
         expects_upload = self.plan.importance is ImportanceRequest.UPLOAD
         try:
-            if decode_mask(record, self.model.layout) is not None:
+            if MASK in record:
                 raise WireError("a client may not change the mask")
             payload = decode_payload(
                 record,
                 self.model.layout,
                 self.model.mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
+                reference=self.sent_values,
             )
         except WireError as exc:
-            raise RejectedReply(str(exc)) from exc
-        if not np.isfinite(payload.values).all():
-            raise RejectedReply("values contain NaN or Inf")
-        if payload.importance is not None and not (
-            np.isfinite(payload.importance).all() and (payload.importance >= 0).all()
-        ):
-            raise RejectedReply("importance must be finite and non-negative")
+            raise RejectedReply("bad-payload", str(exc)) from exc
+        validation.finite_array("values", payload.values)
+        if payload.importance is not None:
+            validation.finite_array("importance", payload.importance, nonnegative=True)
         return TrainReply(node, payload.values, payload.counters, payload.importance, samples, weight, loss)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[TrainReply] = []
-        answered: set[int] = set()
+        exchange = self.exchanges["train"]
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            answered.add(node_id)
-            self.messenger.log(reply, server_round, "train", "up", node_id)
-            if reply.has_error():
-                self.row.failures += 1
-                log(WARNING, "round %d: node %d failed: %s", server_round, node_id, reply.error.reason)
-                if reply.error.reason.startswith(STALE_MASK):
-                    self.nodes.mark_stale([node_id])
-                continue
+            node_id = exchange.sender(reply)
+            measured = self.messenger.log_reply(reply, server_round, "train", node_id)
             try:
+                exchange.accept_origin(reply, measured.total)
+                if reply.has_error():
+                    self._failed(server_round, "train", node_id, reply.error.reason)
+                    continue
                 accepted.append(self.decode_train_reply(reply))
+                accepted[-1].values_bytes = measured.values
             except RejectedReply as exc:
-                self.row.rejected += 1
-                log(WARNING, "round %d: reply of node %d rejected: %s", server_round, node_id, exc)
-        self.row.failures += len(set(self.sent) - answered)
+                self._reject(server_round, "train", node_id, exc)
+        for node_id in sorted(exchange.missing()):
+            self._failed(server_round, "train", node_id, NO_REPLY)
         self._update_round_time(server_round, accepted)
         if len(accepted) < self.config.federation.min_clients:
             log(
@@ -263,9 +271,31 @@ class PruningFedAvg(FedAvg):
         metrics = MetricRecord({"train-loss": self.row.train_loss, "density": self.model.density})
         return self.model.to_arrayrecord(), metrics
 
+    def _failed(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
+        """Count a node that answered with an error or not at all; the round goes on."""
+        if phase == "train":
+            self.row.failures += 1
+        else:
+            self.row.evaluate_failures += 1
+        log(WARNING, "round %d: %s on node %d failed: %s", server_round, phase, node_id, reason)
+        if reason.startswith(STALE_MASK):
+            self.nodes.mark_stale([node_id])
+
+    def _reject(self, server_round: int, phase: str, node_id: int, exc: RejectedReply) -> None:
+        """Count and log a reply that is dropped (see :mod:`server.validation`)."""
+        if phase == "train":
+            self.row.rejected += 1
+        else:
+            self.row.evaluate_rejected += 1
+        log(WARNING, "round %d: %s reply of node %d rejected: %s", server_round, phase, node_id, exc)
+
     def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
         model, weights = self.model, [r.weight for r in accepted]
-        start_values = model.kept_values()
+        # Lossy formats: a reply is sent + the client's update (w_c - w_start), w_start the
+        # rounded values it received, so the rebuilt importance n ((w_c - w_start) / lr)^2 is
+        # the client's own movement, and the average update lands on the exact float32 copy
+        # (sub-ulp progress is kept across rounds instead of being rounded away).
+        start_values = self.sent_values
         if self.plan.importance is not ImportanceRequest.OFF:
             lr = self.config.train.lr_at(server_round)
             plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0
@@ -308,15 +338,19 @@ class PruningFedAvg(FedAvg):
         """PruneFL's modelled round time, and c_comm from the bytes measured this round.
 
         The round lasts as long as its slowest client: E modelled local iterations
-        plus that client's measured bytes (down and up) over the link.
+        plus that client's measured bytes (down and up) over the link. c_comm comes
+        from the value bytes of the replies that were accepted, so that a rejected
+        or missing reply does not move the cost model (nor, through it, the mask).
         """
         compute = self.cost.compute_time(self.model.kept_per_layer())
         per_node = [self.comm.bytes_of(server_round, "train", node_id) for node_id in self.sent]
         transfer = max((self.cost.transfer_time(b) for b in per_node), default=0.0)
         self.row.modelled_round_time_s = compute + transfer
         if accepted:
-            values = self.comm.rounds[server_round]
-            bytes_per_client = (values.down.measured.values + values.up.measured.values) / len(self.sent)
+            down = self.comm.rounds[server_round].down
+            bytes_per_client = down.measured.values / down.messages + float(
+                np.mean([r.values_bytes for r in accepted])
+            )
             kept = int(np.count_nonzero(self.model.mask))
             self.cost = self.cost.with_bytes_per_value(bytes_per_client / kept)
 
@@ -325,44 +359,48 @@ class PruningFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         fraction = self.config.evaluate.client_fraction
+        self.sent_evaluate = {}
+        self.exchanges["evaluate"] = Exchange(server_round, keys.EVALUATE, {}, [], self.max_reply_bytes)
         if fraction == 0 or server_round % self.config.evaluate.every != 0:
             return []
         count = max(1, math.ceil(fraction * len(self.nodes)))
         targets = self.nodes.sample(server_round, count, self.config.federation.seed, stream=1)
         self.sent_evaluate = {n.node_id: n for n in targets}
-        return self.messenger.model_messages(
+        messages = self.messenger.model_messages(
             targets, keys.EVALUATE, self.task_config(server_round, RoundPlan()), server_round, "evaluate"
         )
+        self.exchanges["evaluate"] = Exchange(
+            server_round, keys.EVALUATE, self.sent_evaluate, messages, self.max_reply_bytes
+        )
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         losses, accuracies, sizes = [], [], []
+        exchange = self.exchanges["evaluate"]
         for reply in replies:
-            node_id = reply.metadata.src_node_id
-            self.messenger.log(reply, server_round, "evaluate", "up", node_id)
-            if reply.has_error():
-                log(
-                    WARNING,
-                    "round %d: evaluation on node %d failed: %s",
-                    server_round,
-                    node_id,
-                    reply.error.reason,
-                )
-                if reply.error.reason.startswith(STALE_MASK):
-                    self.nodes.mark_stale([node_id])
-                continue
+            node_id = exchange.sender(reply)
+            measured = self.messenger.log_reply(reply, server_round, "evaluate", node_id)
             try:
-                metrics = reply.content.metric_records[keys.METRICS]
-                n = int(metrics[keys.NUM_EXAMPLES])
-                loss, accuracy = float(metrics[keys.EVAL_LOSS]), float(metrics[keys.EVAL_ACCURACY])
-            except (KeyError, TypeError, ValueError) as exc:
-                log(WARNING, "round %d: evaluation reply of node %d rejected: %r", server_round, node_id, exc)
+                exchange.accept_origin(reply, measured.total)
+                if reply.has_error():
+                    self._failed(server_round, "evaluate", node_id, reply.error.reason)
+                    continue
+                validation.required_records(reply.content, [], [keys.METRICS])
+                checked = validation.evaluate_metrics(
+                    reply.content.metric_records[keys.METRICS],
+                    test_size=self.sent_evaluate[node_id].test_size,
+                    current_mask_version=self.model.mask_version,
+                )
+            except RejectedReply as exc:
+                self._reject(server_round, "evaluate", node_id, exc)
                 continue
-            if n > 0 and math.isfinite(loss) and 0 <= accuracy <= 1:
-                losses.append(loss)
-                accuracies.append(accuracy)
-                sizes.append(n)
-                if node_id in self.sent_evaluate:
-                    self.sent_evaluate[node_id].mask_version = self.model.mask_version
+            self.sent_evaluate[node_id].mask_version = self.model.mask_version
+            if checked.samples > 0:  # a node without test data has nothing to contribute
+                losses.append(checked.loss)
+                accuracies.append(checked.accuracy)
+                sizes.append(checked.samples)
+        for node_id in sorted(exchange.missing()):
+            self._failed(server_round, "evaluate", node_id, NO_REPLY)
         if not sizes:
             return None
         result = MetricRecord(
@@ -410,6 +448,7 @@ class PruningFedAvg(FedAvg):
         self.rows.append(row)
         if self.results is not None:
             self.results.append_round(row)
+        self._checkpoint_if_due(server_round)
         log(
             INFO,
             "[round %d/%d] accuracy %s | density %.4f | down %s up %s (bound %s, dense %s) | %.1f s",
@@ -424,3 +463,57 @@ class PruningFedAvg(FedAvg):
             row.wall_time_s,
         )
         return result
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_if_due(self, server_round: int) -> None:
+        """Write a checkpoint when one is due and no client holds state the server lacks.
+
+        Under full participation PruneFL's clients keep their importance sums between
+        reconfigurations (``ACCUMULATE`` rounds); a restart would lose them, so a
+        checkpoint waits for the next round in which they upload and clear them.
+        """
+        request = self.plan.importance
+        if request is ImportanceRequest.ACCUMULATE:
+            self.clients_hold_importance = True
+        elif request is ImportanceRequest.UPLOAD:
+            self.clients_hold_importance = False
+        if self.results is None or not self.checkpoints.due(server_round, self.clients_hold_importance):
+            return
+        folder = write_checkpoint(self.results.folder, server_round, self.state_dict(server_round))
+        log(INFO, "round %d: checkpoint written to %s", server_round, folder)
+
+    def state_dict(self, server_round: int) -> dict:
+        """Everything needed to continue after ``server_round``, as arrays and scalars."""
+        rows = [dataclasses.asdict(row) for row in self.rows]
+        return {
+            "round": server_round,
+            "config": self.config.to_flat(),
+            "layout": self.model.layout.fingerprint,
+            "model": self.model.state_dict(),
+            "importance": self.importance.state_dict(),
+            "communication": self.comm.state_dict(),
+            "results": self.results.state_dict() if self.results is not None else {},
+            "cost": {"bytes_per_value": self.cost.bytes_per_value},
+            "method": self.method.state_dict(),
+            "strategy": {
+                "modelled_elapsed": self.modelled_elapsed,
+                "elapsed_s": time.monotonic() - self.run_started,
+                "clients_hold_importance": self.clients_hold_importance,
+                "rows": rows,
+            },
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (the results files are truncated by the caller)."""
+        self.model.load_state_dict(state["model"])
+        self.importance.load_state_dict(state["importance"])
+        self.comm.load_state_dict(state["communication"])
+        self.cost = self.cost.with_bytes_per_value(float(state["cost"]["bytes_per_value"]))
+        self.method.load_state_dict(state["method"])
+        mine = state["strategy"]
+        self.modelled_elapsed = float(mine["modelled_elapsed"])
+        self.run_started = time.monotonic() - float(mine["elapsed_s"])
+        self.clients_hold_importance = bool(mine["clients_hold_importance"])
+        self.rows = [RoundRow(**row) for row in mine["rows"]]
+        load_rng_state(state["rng"])

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from common.config import AppConfig, load_config
+from common.config import AppConfig, load_config, read_preset
 from common.settings import ConfigError
+
+if TYPE_CHECKING:
+    from server.checkpoint import Checkpoint
 
 app = typer.Typer(
     name="fedprune",
@@ -39,6 +43,13 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one key, e.g. --set train.lr=0.05 (repeatable)."),
 ]
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Continue the run of this results folder from its latest checkpoint, with its own config.toml.",
+    ),
+]
 
 
 def preset_path(config: Path | None) -> Path | None:
@@ -58,24 +69,249 @@ def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:
         resolved.check_simulation()
         preflight(resolved)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=2) from None
     return resolved
 
 
+def resolve_resume(
+    folder: Path, config: Path | None, overrides: list[str] | None
+) -> tuple[AppConfig, Checkpoint]:
+    """The configuration and latest checkpoint of a results folder to continue."""
+    from server.app import RunError, check_fits, preflight
+    from server.checkpoint import CheckpointError, latest_checkpoint
+    from server.results import CONFIG_FILE
+
+    try:
+        if config is not None or overrides:
+            raise ConfigError(
+                "--resume", str(folder), "alone: a run continues with its own config.toml", what="option"
+            )
+        folder = folder.expanduser().resolve()
+        if not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                "--resume",
+                str(folder),
+                f"a results folder of fedprune simulate (with {CONFIG_FILE})",
+                what="option",
+            )
+        flat = read_preset(folder / CONFIG_FILE)
+        flat.update({"output.dir": str(folder.parent), "output.name": folder.name})
+        resolved = AppConfig.from_flat(flat)
+        resolved.check_simulation()
+        layout = preflight(resolved)
+        checkpoint = latest_checkpoint(folder)
+        check_fits(checkpoint, resolved, layout)
+    except (ConfigError, CheckpointError, RunError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(code=2) from None
+    return resolved, checkpoint
+
+
 @app.command()
-def simulate(config: ConfigOption = None, set_: SetOption = None) -> None:
+def simulate(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None) -> None:
     """Run a local multi-client simulation on Flower's simulation engine (Ray)."""
-    resolved = resolve(config, set_)
+    checkpoint: Checkpoint | None = None
+    if resume is not None:
+        resolved, checkpoint = resolve_resume(resume, config, set_)
+    else:
+        resolved = resolve(config, set_)
     from simulations.runner import SimulationError
     from simulations.runner import simulate as run
 
     try:
-        summary = run(resolved)
+        summary = run(resolved, checkpoint)
     except (SimulationError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     typer.echo(summary.last_line())
+
+
+ASSUMED_LINK = 1_438_432.0  # PruneFL's Raspberry Pi link, bytes per second each way
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter(f"{text!r} is not C,H,W (three positive integers)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _densities(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v <= 1 for v in values):
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of densities in (0, 1]")
+    return values
+
+
+def _fit_line(what: str, fit) -> str:  # type: ignore[no-untyped-def]
+    return (
+        f"{what}: t0 = {fit.t0 * 1e3:.3f} ms per iteration; fit RMSE {fit.rmse_s * 1e3:.3f} ms "
+        f"({fit.relative_error:.1%} of the mean {fit.mean_iteration_s * 1e3:.3f} ms), largest residual "
+        f"{fit.max_relative_residual:.1%}; timing noise {fit.timing_noise:.1%} "
+        f"({fit.samples} configurations x {fit.repeats} repeats of {fit.iterations} iterations)"
+    )
+
+
+@app.command()
+def profile(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The device-profile TOML file to write (or update).")
+    ],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    name: Annotated[str | None, typer.Option(help="Device name (default: the file's name).")] = None,
+    description: Annotated[str, typer.Option(help="What the device is.")] = "",
+    note: Annotated[
+        list[str] | None, typer.Option(help="A comment line for the file's header (repeatable).")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="C,H,W of the inputs (default: the data set's).")
+    ] = None,
+    classes: Annotated[int | None, typer.Option(help="Number of classes (default: the data set's).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timings per mask configuration (median used).")] = 5,
+    densities: Annotated[str, typer.Option(help="Mask densities timed.")] = "1,0.5,0.2,0.05",
+    min_seconds: Annotated[float, typer.Option(help="Shortest duration of one timing.")] = 0.2,
+    widths: Annotated[
+        str, typer.Option(help="Widths of the narrowed dense models timed for structured pruning.")
+    ] = "1,0.75,0.5,0.25",
+    skip_widths: Annotated[bool, typer.Option(help="Do not time narrowed models.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: torch's, as a ClientApp on a device).")
+    ] = None,
+    link_bandwidth: Annotated[
+        float | None,
+        typer.Option(help="Link bytes/s each way, measured by you (default: PruneFL's assumed 1.44 MB/s)."),
+    ] = None,
+) -> None:
+    """Measure this device's cost-model coefficients for model.name and write its profile.
+
+    Times the client's real local SGD steps (model.name, train.batch-size, train.loss)
+    under masks of several densities, fits PruneFL's linear model t = t0 + sum_l
+    comp_l |M_l| and writes [models.<model.name>] into OUTPUT, keeping the other
+    models already there; does the same with dense models of fewer channels per
+    layer (widths, for structured pruning) where the model allows. Pass the file
+    as cost.profile to the server.
+    """
+    import datetime
+    import os
+    import platform
+    import tomllib
+
+    import torch
+
+    from common.cost_model import ProfileError, load_profile
+    from common.data import DATASETS
+    from common.profiling import (
+        DeviceInfo,
+        ModelProfile,
+        ProfileSettings,
+        ProfilingError,
+        model_sections,
+        profile_document,
+        profile_model,
+        profile_widths,
+    )
+
+    try:
+        resolved = load_config(preset_path(config), set_ or [])
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    source = DATASETS[resolved.data.dataset]
+    shape = _shape(input_shape) if input_shape else source.input_shape
+    num_classes = classes or source.num_classes
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model_name, batch_size, loss = resolved.model.name, resolved.train.batch_size, resolved.train.loss
+    console.print(
+        f"profiling {model_name}: inputs {shape}, {num_classes} classes, batch {batch_size}, "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs ..."
+    )
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    try:
+        settings = ProfileSettings(_densities(densities), repeats, min_seconds)
+        fit = profile_model(model_name, num_classes, shape, batch_size, loss, settings)
+    except ProfilingError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    console.print(_fit_line(f"{model_name} (masks)", fit))
+    structured, width_list = None, ()
+    if not skip_widths:
+        width_list = _densities(widths)
+        try:
+            structured = profile_widths(
+                model_name, num_classes, shape, batch_size, loss, settings, width_list
+            )
+            console.print(_fit_line(f"{model_name} (widths)", structured))
+        except ProfilingError as exc:
+            console.print(f"widths not measured: {exc}")
+            width_list = ()
+    kept: list[str] = []
+    bandwidth, measured, link_note = (
+        ASSUMED_LINK,
+        False,
+        ("not measured; PruneFL's Raspberry Pi link (1,438,432 B/s each way) is assumed"),
+    )
+    if output.exists():
+        try:
+            previous = load_profile(str(output))
+        except ProfileError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+        if previous.kind != "measured":
+            console.print(f"[bold red]error:[/] {output} holds {previous.kind} figures; write a new file")
+            raise typer.Exit(code=2)
+        text = output.read_text(encoding="utf-8")
+        sections = model_sections(text)
+        earlier_notes = tomllib.loads(text).get("device", {}).get("notes", [])
+        note = [*(str(n) for n in earlier_notes), *(n for n in note or () if n not in earlier_notes)]
+        kept = [text for model, text in sections.items() if model != model_name]
+        name = name or previous.name
+        description = description or previous.description
+        bandwidth, measured = previous.bandwidth, previous.bandwidth_measured
+        link_note = "as measured before" if measured else link_note
+    if link_bandwidth is not None:
+        bandwidth, measured, link_note = (
+            link_bandwidth,
+            True,
+            "measured by the user, given to fedprune profile",
+        )
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    device = DeviceInfo(
+        name=name or output.name.removesuffix(".toml"),
+        description=description or f"{platform.node()} ({machine})",
+        source=f"fedprune profile on {machine}",
+        bandwidth=bandwidth,
+        bandwidth_measured=measured,
+        link_note=link_note,
+        notes=tuple(note or ()),
+    )
+    measured_profile = ModelProfile(
+        model_name,
+        fit,
+        batch_size,
+        shape,
+        num_classes,
+        loss,
+        torch.get_num_threads(),
+        datetime.date.today().isoformat(),
+        structured,
+        width_list,
+        (load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")),
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(profile_document(device, [measured_profile], kept), encoding="utf-8")
+    try:
+        load_profile(str(output))  # the server's reader accepts what was written
+    except ProfileError as exc:
+        console.print(f"[bold red]error:[/] the written profile is unreadable: {exc}")
+        raise typer.Exit(code=1) from None
+    typer.echo(f"fedprune: profile of {model_name} written to {output}")
 
 
 def main() -> None:

@@ -11,14 +11,17 @@ from client.app import THREADS_ENV
 from client.app import app as client_app
 from common.config import AppConfig
 from server.app import RunSummary, build_server_app
+from server.checkpoint import Checkpoint
 
 
 class SimulationError(RuntimeError):
     """The simulation ended without a summary; the log above says why."""
 
 
-def simulate(config: AppConfig) -> RunSummary:
+def simulate(config: AppConfig, resume: Checkpoint | None = None) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
+
+    With ``resume``, continue the run of ``config``'s results folder after that checkpoint.
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -29,7 +32,7 @@ def simulate(config: AppConfig) -> RunSummary:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
-    server_app = build_server_app(config, on_finish=summaries.append)
+    server_app = build_server_app(config, on_finish=summaries.append, resume=resume)
     backend_config = {
         "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},

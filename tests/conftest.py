@@ -45,6 +45,13 @@ def tiny() -> tuple[TinyNet, ModelLayout]:
     return model, ModelLayout.from_model(model)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """The test models are tiny: one intra-op thread is as fast on an idle machine and many
+    times faster on a loaded, shared one (torch's thread pool spins while it waits)."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)

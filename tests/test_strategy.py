@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+from flwr.app import Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client.app import app as client_app
 from client.node_state import IMPORTANCE_RECORD
 from common.config import load_config
 from common.pruning import METHODS, InitialPruning, PruningMethod
 from common.wire import measure_message
+from common.wire.codec import mask_base_version
+from common.wire.values import decode_values
 from server.app import run_federation
 from server.importance import ImportanceAccumulator
 from server.results import read_rounds
@@ -90,7 +94,8 @@ def test_prunefl_run_writes_complete_results(tmp_path):
 
 
 def test_byte_accounting_equals_the_serialised_messages(tmp_path):
-    summary, grid = run(tmp_path, FAST)
+    # without zstd nothing can come in under the bound (with it, values may: see test_wire)
+    summary, grid = run(tmp_path, [*FAST, "wire.compression-level=0"])
     carried = sum(measure_message(m).total for m in grid.sent + grid.received)
     assert summary.bytes_total == carried
     with (Path(summary.results_dir) / "communication.csv").open() as f:
@@ -123,7 +128,7 @@ def test_masks_stay_and_re_added_weights_restart_from_stale_values(tmp_path, mon
     assert np.array_equal(after[pruned], before[pruned])
     # ... and the round-2 messages carry exactly those stale values for the re-added weights
     round2 = [m for m in grid.sent if m.metadata.group_id == "2" and m.metadata.message_type == "train"]
-    values = round2[0].content["arrays"]["values"].numpy()
+    values, _ = decode_values(round2[0].content["arrays"]["values"].data, int(mask_after.sum()), "values")
     assert mask_after.all() and np.array_equal(values[pruned], after[pruned])
     assert summary.final_density == 1.0
 
@@ -226,3 +231,112 @@ def test_importance_rebuilt_from_an_update_is_n_times_squared_gradient_sum(tiny)
     expected = np.zeros(layout.num_floats)
     expected[mask] = 20 * np.arange(int(mask.sum())) ** 2
     np.testing.assert_allclose(acc.values, expected, rtol=1e-5)
+
+
+def test_a_changed_mask_travels_as_a_delta_against_the_nodes_copy(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "scripted", ScriptedMethod)
+    _, grid = run(tmp_path, ["pruning.method=scripted", "federation.rounds=3", "train.local-steps=1"])
+    bases = {
+        int(m.metadata.group_id): mask_base_version(m.content["arrays"])
+        for m in grid.sent
+        if m.metadata.message_type == "train"
+    }
+    # round 1: the initial mask (version 1) as a whole; round 2: version 2 as a delta
+    # against version 1, which every node holds; round 3: nothing (no mask array)
+    assert bases == {1: 0, 2: 1, 3: None}
+    assert all(not r.has_error() for r in grid.received)
+
+
+def test_lossy_values_take_two_bytes_each_and_keep_training(tmp_path):
+    summary, grid = run(tmp_path, [*FAST, "wire.compression-level=0", "wire.values=bfloat16"])
+    with (Path(summary.results_dir) / "communication.csv").open() as f:
+        replies = [r for r in csv.DictReader(f) if r["phase"] == "train" and r["direction"] == "up"]
+    plain = [r for r in replies if int(r["importance"]) == 0]
+    assert plain
+    for r in plain:
+        # the bound counts 16 bits per value, and the plain bfloat16 values meet it
+        # up to the section and Flower headers (had it counted 32 bits: ratio 0.5)
+        assert 1.0 <= int(r["values"]) / float(r["bound_bytes"]) < 1.01
+    assert all(not r.has_error() for r in grid.received)
+    assert summary.final_accuracy > 0.5
+
+
+def test_importance_rebuilt_from_lossy_updates_starts_from_the_values_sent(tmp_path, monkeypatch):
+    """With lr tiny, clients do not move their weights: the rebuilt importance must be zero.
+
+    Had the server compared the clients' bfloat16 weights with its float32 copy
+    instead of taking their movement from the values they received, every rounding
+    error divided by lr would show up as importance.
+    """
+    rebuilt = []
+    original = ImportanceAccumulator.add_from_update
+
+    def spy(self, mask, start_values, client_values, samples, lr):
+        before = self.values.copy()
+        original(self, mask, start_values, client_values, samples, lr)
+        rebuilt.append(np.abs(self.values - before).max())
+
+    monkeypatch.setattr(ImportanceAccumulator, "add_from_update", spy)
+    run(
+        tmp_path,
+        [
+            *FAST,
+            "federation.rounds=2",
+            "pruning.prunefl.initial-pruning=off",
+            "wire.values=bfloat16",
+            "train.lr=1e-30",
+            "federation.clients-per-round=2",
+        ],
+        num_nodes=3,
+    )
+    assert rebuilt and max(rebuilt) == 0.0
+
+
+def test_a_superlink_error_reply_for_a_dead_node_counts_once_for_that_node(tmp_path):
+    """Flower 1.41's SuperLink answers for a node that stopped sending heartbeats
+    with an error reply whose source is the SuperLink (node id 1), not the node."""
+
+    class DeadNodeGrid(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            alive = [
+                m for m in messages if not (m.metadata.group_id == "2" and m.metadata.dst_node_id == 102)
+            ]
+            replies = list(super().send_and_receive(alive, timeout=timeout))
+            for message in messages:
+                if message not in alive:
+                    message.metadata.__dict__["_message_id"] = "dead-102"
+                    reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                    replies.append(reply)
+            return replies
+
+    config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", *FAST])
+    summary = run_federation(DeadNodeGrid(client_app, 3), config)
+    rows = read_rounds(Path(summary.results_dir))
+    assert (int(rows[2]["clients"]), int(rows[2]["failures"])) == (3, 1)
+    assert rows[2]["train_loss"] != ""  # the two live nodes were aggregated
+    with (Path(summary.results_dir) / "communication.csv").open() as f:
+        up = [r for r in csv.DictReader(f) if r["round"] == "2" and r["direction"] == "up"]
+    assert sorted(r["node_id"] for r in up) == ["100", "101"]  # nothing charged to the dead node
+
+
+def test_the_server_needs_no_data_with_client_evaluation_and_client_initial_pruning(tmp_path, monkeypatch):
+    """The deployment configuration (docker/run-config.toml): the server holds no data."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the server loaded data")
+
+    monkeypatch.setattr("server.app.load_dataset", no_data)
+    monkeypatch.setattr("server.initial_pruning.initial_data_for", no_data)
+    summary, _ = run(
+        tmp_path,
+        [
+            *FAST,
+            "evaluate.server=false",
+            "evaluate.client-fraction=1.0",
+            "pruning.prunefl.initial-pruning=client",
+        ],
+    )
+    ip = json.loads((Path(summary.results_dir) / "initial_pruning.json").read_text())
+    assert ip["where"] == "client" and 0 < summary.final_accuracy <= 1

@@ -13,6 +13,25 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def scale_255(x: torch.Tensor) -> torch.Tensor:
+    """8-bit pixels to floats in [0, 1] (one batch at a time)."""
+    return x.to(torch.float32).div_(255.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Standardize:
+    """8-bit pixels to ``(x / 255 - mean) / std`` per channel, one batch at a time."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, len(self.mean), 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
+        return (scale_255(x) - mean) / std
+
+
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
     """A whole data set held once per process; clients hold index arrays into it.
@@ -29,7 +48,8 @@ class ArrayDataset:
     y_test: torch.Tensor
     num_classes: int
     to_inputs: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
-    writers: np.ndarray | None = None  # natural client of each training sample, if any
+    writers: np.ndarray | None = None  # writer (natural client) of each training sample, if any
+    test_writers: np.ndarray | None = None  # writer of each test sample, if any
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

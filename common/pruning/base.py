@@ -146,6 +146,20 @@ class PruningMethod(ABC):
         """Return a new mask after ``server_round``'s aggregation, or None to keep it."""
         return None
 
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray | Scalar]:
+        """The method's own server-side state for a checkpoint (arrays and scalars).
+
+        None by default: a method whose decisions are functions of the round, the
+        model, the mask and the importance (PruneFL) keeps nothing of its own.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray | Scalar]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        if state:
+            raise ValueError(f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
+
     # -- client side ---------------------------------------------------------------
     def training_hooks(self, client_config: Mapping[str, Scalar]) -> TrainingHooks:
         """Client-side hooks for one round of local training."""

@@ -1,43 +1,40 @@
 """The information-theoretic size of a masked-model message, and the dense size.
 
 For a mask with density d_l over the n_l weights of layer l, drawn i.i.d., the
-mask carries n_l * H(d_l) bits, H(d) = -d log2 d - (1 - d) log2 (1 - d); the k kept
-float32 values add 32 k bits (trained weights are close to incompressible). The
-bound of one message is therefore
+mask carries n_l * H(d_l) bits, H(d) = -d log2 d - (1 - d) log2 (1 - d). When the
+receiver already holds a mask that differs from the new one in a fraction f_l of
+the bits, the XOR delta carries n_l * H(f_l) bits, so a mask costs
+n_l min(H(d_l), H(f_l)) (see :func:`common.wire.masks.mask_bound_bits`). The k
+kept values add b bits each, b the bits of the configured value format (32 for
+float32, 16 for float16 and bfloat16: the bound of a lossy message counts the
+bits actually configured, not float32's), and the importance statistic its own
+format's bits per value. The bound of one message is therefore
 
-    sum_l n_l H(d_l) / 8   (only when the mask is sent)
-  + 4 * (kept values + importance values) + 8 * integer buffers     bytes.
+    sum_l n_l min(H(d_l), H(f_l)) / 8   (only when the mask is sent)
+  + (b k + b_imp * importance values) / 8 + 8 * integer buffers        bytes.
+
+Trained float weights are close to incompressible, but not entirely: with
+byte-shuffle and zstd a message can come in a little below this bound.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..layout import ModelLayout
+from .masks import binary_entropy, mask_bound_bits
 
-
-def binary_entropy(d: float) -> float:
-    """H(d) in bits; 0 at d = 0 and d = 1."""
-    if d <= 0.0 or d >= 1.0:
-        return 0.0
-    return float(-d * np.log2(d) - (1 - d) * np.log2(1 - d))
-
-
-def mask_bound_bits(layout: ModelLayout, mask: np.ndarray) -> float:
-    return sum(t.size * binary_entropy(float(mask[t.slice].mean())) for t in layout.prunable)
+__all__ = ["binary_entropy", "dense_bytes", "mask_bound_bits", "payload_bound"]
 
 
 def payload_bound(
     layout: ModelLayout,
-    mask: np.ndarray,
-    mask_sent: bool,
+    mask_bits: float,
     num_values: int,
-    num_importance: int = 0,
     value_bits: int = 32,
+    num_importance: int = 0,
+    importance_bits: int = 32,
 ) -> float:
     """Bound in bytes of a payload with the given content (see module docstring)."""
-    bits = mask_bound_bits(layout, mask) if mask_sent else 0.0
-    bits += value_bits * num_values + 32 * num_importance + 64 * layout.num_ints
+    bits = mask_bits + value_bits * num_values + importance_bits * num_importance + 64 * layout.num_ints
     return bits / 8
 
 

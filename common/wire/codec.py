@@ -1,22 +1,28 @@
-"""Encoding a masked model into a few arrays, and decoding it with checks.
+"""Encoding a masked model into a few byte arrays, and decoding it with checks.
 
 A payload holds the *kept* float values only (the receiver knows or is sent the
-mask), the integer buffers, and optionally the mask and an importance vector:
+mask), the integer buffers, and optionally the mask and an importance vector.
+Each travels as one Flower ``Array`` of raw bytes (``dtype="uint8"``, its own
+``stype``; no ``.npy`` header, nothing for ``np.load`` to unpickle):
 
-=============  ==========================================================
-array          content
-=============  ==========================================================
-``values``     float32, ``floats[mask]`` in layout order
-``counters``   int64, the integer buffers (omitted for models without any)
-``mask``       the prunable part of the mask, one bit per weight
-               (``np.packbits``), only when the receiver's copy is stale
-``importance`` float32 importance statistic, only when asked for
-=============  ==========================================================
+==============  =================================================================
+array           content
+==============  =================================================================
+``values``      value section (:mod:`common.wire.values`): ``floats[mask]`` in
+                layout order, float32 by default (or float16 / bfloat16),
+                byte-shuffled and zstd-compressed when that is smaller
+``counters``    the integer buffers, int64 little-endian (omitted for models
+                without any)
+``mask``        mask section (:mod:`common.wire.masks`), only when the receiver's
+                copy is stale: per tensor the smallest of Golomb-coded gaps, zstd
+                or plain bitmap, a per-channel bitmap for structured masks, as an
+                XOR delta against a version the receiver holds where smaller
+``importance``  value section of the importance statistic, only when asked for
+==============  =================================================================
 
-Arrays travel as Flower ``Array``s in ``.npy`` form, read back with
-``allow_pickle=False``; nothing is ever unpickled. Decoding checks every length
-against the layout and the mask and raises :class:`WireError` with the array's
-name and what was expected.
+Keeping the four apart lets :mod:`common.wire.accounting` report bytes by
+category. Decoding checks every length against the layout and the mask before
+allocating, and raises :class:`WireError` naming the array and what was expected.
 """
 
 from __future__ import annotations
@@ -27,60 +33,131 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from ..layout import ModelLayout
+from . import masks
+from .errors import WireError
+from .values import ValueFormat, decode_values, encode_values, read_header, value_bits
 
 VALUES = "values"
 COUNTERS = "counters"
 MASK = "mask"
 IMPORTANCE = "importance"
 ARRAY_NAMES = (VALUES, COUNTERS, MASK, IMPORTANCE)
+STYPES = {name: f"fedprune.{name}.v1" for name in ARRAY_NAMES}
 
 
-class WireError(ValueError):
-    """A payload that cannot be decoded against the expected layout and mask."""
+@dataclass(frozen=True)
+class WireFormat:
+    """How numbers are written: value and importance formats, zstd level (0 = off)."""
+
+    values: ValueFormat = "float32"
+    importance: ValueFormat = "float32"
+    level: int = 1
+
+    @property
+    def lossy_values(self) -> bool:
+        return self.values != "float32"
 
 
 @dataclass
 class ModelPayload:
     values: np.ndarray
     counters: np.ndarray
-    mask: np.ndarray | None = None  # bool over the layout's prunable positions
+    mask: np.ndarray | None = None  # the full mask (over the layout's floats), when it travels
     importance: np.ndarray | None = None
+    relative: bool = False  # values are an update relative to a reference both ends hold
 
 
-def encode_payload(payload: ModelPayload) -> ArrayRecord:
-    arrays = {VALUES: Array(np.ascontiguousarray(payload.values, dtype=np.float32))}
+@dataclass(frozen=True)
+class PayloadInfo:
+    """What a record carries, read from its section headers only (for the bound)."""
+
+    num_values: int = 0
+    value_bits: int = 32
+    num_importance: int = 0
+    importance_bits: int = 32
+    mask_base: int | None = None  # base version of the mask section; None when no mask travels
+
+
+def _array(name: str, data: bytes) -> Array:
+    return Array(dtype="uint8", shape=(len(data),), stype=STYPES[name], data=data)
+
+
+def values_array(values: np.ndarray, fmt: WireFormat, relative: bool = False) -> Array:
+    return _array(VALUES, encode_values(values, fmt.values, fmt.level, relative))
+
+
+def counters_array(counters: np.ndarray) -> Array:
+    return _array(COUNTERS, np.ascontiguousarray(counters, dtype="<i8").tobytes())
+
+
+def mask_array(
+    layout: ModelLayout,
+    mask: np.ndarray,
+    fmt: WireFormat,
+    base: np.ndarray | None = None,
+    base_version: int = 0,
+    kept: np.ndarray | None = None,
+) -> Array:
+    section, _ = masks.encode_mask(layout, mask, base, base_version, fmt.level, kept)
+    return _array(MASK, section)
+
+
+def importance_array(importance: np.ndarray, fmt: WireFormat) -> Array:
+    return _array(IMPORTANCE, encode_values(importance, fmt.importance, fmt.level))
+
+
+def encode_payload(
+    payload: ModelPayload,
+    layout: ModelLayout,
+    fmt: WireFormat = WireFormat(),
+    base: np.ndarray | None = None,
+    base_version: int = 0,
+    kept: np.ndarray | None = None,
+) -> ArrayRecord:
+    """The payload as an ``ArrayRecord``; the mask as a delta against ``base`` when given.
+
+    ``kept`` are the positions of True in ``payload.mask`` when the caller has them.
+    """
+    arrays = {VALUES: values_array(payload.values, fmt, payload.relative)}
     if payload.counters.size:
-        arrays[COUNTERS] = Array(np.ascontiguousarray(payload.counters, dtype=np.int64))
+        arrays[COUNTERS] = counters_array(payload.counters)
     if payload.mask is not None:
-        arrays[MASK] = Array(np.packbits(payload.mask.astype(bool)))
+        arrays[MASK] = mask_array(layout, payload.mask, fmt, base, base_version, kept)
     if payload.importance is not None:
-        arrays[IMPORTANCE] = Array(np.ascontiguousarray(payload.importance, dtype=np.float32))
+        arrays[IMPORTANCE] = importance_array(payload.importance, fmt)
     return ArrayRecord(arrays)
 
 
-def _read(record: ArrayRecord, name: str, dtype: np.dtype, length: int) -> np.ndarray:
+def _section(record: ArrayRecord, name: str) -> bytes:
     if name not in record:
         raise WireError(f"array {name!r} is missing")
-    try:
-        array = record[name].numpy()
-    except (ValueError, TypeError, EOFError, OSError) as exc:
-        raise WireError(f"array {name!r} is not a readable .npy array: {exc}") from exc
-    if array.dtype != dtype or array.ndim != 1:
-        raise WireError(f"array {name!r} has dtype {array.dtype} and {array.ndim} dims; expected 1-D {dtype}")
-    if len(array) != length:
-        raise WireError(f"array {name!r} has {len(array)} entries; expected {length}")
-    return array
+    array = record[name]
+    if array.stype != STYPES[name] or array.dtype != "uint8":
+        raise WireError(
+            f"array {name!r} has stype {array.stype!r} and dtype {array.dtype!r}; "
+            f"expected {STYPES[name]!r} bytes"
+        )
+    if not isinstance(array.data, bytes) or tuple(array.shape) != (len(array.data),):
+        raise WireError(f"array {name!r} declares shape {array.shape} for {len(array.data)} bytes")
+    return array.data
 
 
-def decode_mask(record: ArrayRecord, layout: ModelLayout) -> np.ndarray | None:
-    """The full mask carried by ``record``, or None if it carries none."""
+def mask_base_version(record: ArrayRecord) -> int | None:
+    """The version the record's mask is a delta against (0: none), or None if it carries no mask."""
+    return masks.mask_base_version(_section(record, MASK)) if MASK in record else None
+
+
+def decode_mask(
+    record: ArrayRecord, layout: ModelLayout, base_lookup: masks.BaseLookup | None = None
+) -> np.ndarray | None:
+    """The full mask carried by ``record``, or None if it carries none.
+
+    ``base_lookup(version)`` returns the receiver's mask of that version (or None);
+    it is needed only when the mask is a delta against a version other than 0.
+    """
     if MASK not in record:
         return None
-    packed = _read(record, MASK, np.dtype(np.uint8), -(-layout.num_prunable // 8))
-    bits = np.unpackbits(packed)
-    if bits[layout.num_prunable :].any():
-        raise WireError("array 'mask' has bits set past the last prunable weight")
-    return layout.mask_from_prunable(bits[: layout.num_prunable].astype(bool))
+    return masks.decode_mask(_section(record, MASK), layout, base_lookup or (lambda _version: None))
 
 
 def decode_payload(
@@ -88,23 +165,52 @@ def decode_payload(
     layout: ModelLayout,
     mask: np.ndarray,
     importance_length: int | None = None,
+    reference: np.ndarray | None = None,
 ) -> ModelPayload:
     """Decode values (and importance) against ``mask``, the mask in force.
 
     The caller resolves ``mask`` first (from :func:`decode_mask` or its cache).
+    Values sent relative to a reference (a lossy update) are added to
+    ``reference``, the values the sender started from; without one they are refused.
     """
     unknown = set(record) - set(ARRAY_NAMES)
     if unknown:
         raise WireError(f"unexpected arrays {sorted(unknown)}; allowed: {list(ARRAY_NAMES)}")
-    values = _read(record, VALUES, np.dtype(np.float32), int(np.count_nonzero(mask)))
-    counters = (
-        _read(record, COUNTERS, np.dtype(np.int64), layout.num_ints)
-        if layout.num_ints
-        else np.zeros(0, dtype=np.int64)
-    )
+    kept = int(np.count_nonzero(mask))
+    values, values_relative = decode_values(_section(record, VALUES), kept, "array 'values'")
+    if values_relative:
+        if reference is None or len(reference) != kept:
+            raise WireError("array 'values' holds an update, but no reference to add it to is expected here")
+        values = reference + values
+    counters = np.zeros(0, dtype=np.int64)
+    if layout.num_ints:
+        data = _section(record, COUNTERS)
+        if len(data) != 8 * layout.num_ints:
+            raise WireError(f"array 'counters' has {len(data)} bytes; expected {8 * layout.num_ints}")
+        counters = np.frombuffer(data, dtype="<i8").astype(np.int64)
+    elif COUNTERS in record:
+        raise WireError("array 'counters' was sent for a model without integer buffers")
     importance = None
     if importance_length is not None:
-        importance = _read(record, IMPORTANCE, np.dtype(np.float32), importance_length)
+        importance, importance_relative = decode_values(
+            _section(record, IMPORTANCE), importance_length, "array 'importance'"
+        )
+        if importance_relative:
+            raise WireError("array 'importance' cannot be relative")
     elif IMPORTANCE in record:
         raise WireError("array 'importance' was not asked for")
     return ModelPayload(values=values, counters=counters, importance=importance)
+
+
+def payload_info(record: ArrayRecord) -> PayloadInfo:
+    """Counts and formats of what ``record`` carries, from the section headers."""
+    info: dict[str, int | None] = {}
+    for name, count_key, bits_key in (
+        (VALUES, "num_values", "value_bits"),
+        (IMPORTANCE, "num_importance", "importance_bits"),
+    ):
+        if name in record:
+            fmt, count, _, _, _ = read_header(_section(record, name), f"array {name!r}")
+            info[count_key], info[bits_key] = count, value_bits(fmt)
+    info["mask_base"] = mask_base_version(record)
+    return PayloadInfo(**info)  # type: ignore[arg-type]

