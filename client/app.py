@@ -42,7 +42,7 @@ from common.models import MODELS, build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
-from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss, train_locally
+from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss
 from common.wire import WireError
 from common.wire.codec import ModelPayload, decode_payload, encode_payload
 
@@ -184,7 +184,8 @@ def _config_int(config: ConfigRecord, key: str) -> int:
     return value
 
 
-def _method(job: Job, config: ConfigRecord) -> PruningMethod:
+def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -> PruningMethod:
+    """The task's method; its settings come from the message (a round plan may send them)."""
     name = str(config.get("method", job.spec.method))
     if name not in METHODS:
         raise BadMessage(f"unknown pruning method {name!r}")
@@ -195,8 +196,12 @@ def _method(job: Job, config: ConfigRecord) -> PruningMethod:
         local_steps=job.spec.local_steps,
         full_participation=False,
         seed=job.spec.seed,
+        model=job.spec.model,
+        num_classes=job.source.num_classes,
+        input_shape=job.source.input_shape,
+        batch_size=job.spec.batch_size,
     )
-    return method_class(method_class.Settings.from_flat(config), env)
+    return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
 @app.train()
@@ -207,20 +212,23 @@ def train(message: Message, context: Context) -> RecordDict:
     spec, layout = job.spec, job.layout
     mask, start_values = load_model(job, _arrays(message))
     config = message.content.config_records[keys.CONFIG]
-    client_config = {k.removeprefix("method."): v for k, v in config.items() if k.startswith("method.")}
-    hooks = _method(job, config).training_hooks(client_config)
+    client_config = {
+        k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
+    }
+    seed = _batch_seed(spec, job.partition_id)
+    hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
     statistic = GradientStatistic.NONE if spec.importance == "off" else GradientStatistic.SUM
-    result = train_locally(
+    result = hooks.train(
         job.model,
         layout,
         mask,
-        job.data.train.batches(spec.batch_size, _batch_seed(spec, job.partition_id)),
+        job.data.train.batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
         make_loss(spec.loss, job.source.num_classes),
         statistic,
-        hooks=hooks,
     )
+    own_mask = hooks.client_mask(job.model, layout, mask)
     upload = None
     if result.statistic is not None:
         positions = (
@@ -234,24 +242,28 @@ def train(message: Message, context: Context) -> RecordDict:
             upload = job.state.take_importance(importance, spec.mask_version)
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
-    kept = floats[mask]
-    # a lossy format rounds the update, not the weight: the server adds it to what it sent
-    lossy = spec.wire.lossy_values
-    reply = ModelPayload(kept - start_values if lossy else kept, ints, importance=upload, relative=lossy)
-    return RecordDict(
+    # a lossy format rounds the update, not the weight: the server adds it to what it sent;
+    # a client that chose its own mask (Gibbs) sends its values whole, with that mask
+    lossy = spec.wire.lossy_values and own_mask is None
+    if own_mask is None:
+        kept = floats[mask]
+        payload = ModelPayload(
+            kept - start_values if lossy else kept, ints, importance=upload, relative=lossy
+        )
+    else:
+        payload = ModelPayload(floats[own_mask], ints, mask=own_mask, importance=upload)
+    metrics = MetricRecord(
         {
-            keys.ARRAYS: encode_payload(reply, layout, spec.wire),
-            keys.METRICS: MetricRecord(
-                {
-                    keys.NUM_EXAMPLES: weight,
-                    keys.SAMPLES_PROCESSED: result.samples,
-                    keys.TRAIN_LOSS: result.mean_loss,
-                    keys.MASK_VERSION: spec.mask_version,
-                    keys.CLIENT_SECONDS: time.monotonic() - started,
-                }
-            ),
+            keys.NUM_EXAMPLES: weight,
+            keys.SAMPLES_PROCESSED: result.samples,
+            keys.TRAIN_LOSS: result.mean_loss,
+            keys.MASK_VERSION: spec.mask_version,
+            keys.CLIENT_SECONDS: time.monotonic() - started,
         }
     )
+    for key, value in hooks.report().items():
+        metrics[f"{keys.METHOD_PREFIX}{key}"] = value
+    return RecordDict({keys.ARRAYS: encode_payload(payload, layout, spec.wire), keys.METRICS: metrics})
 
 
 @app.train("initial_pruning")

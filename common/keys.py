@@ -11,6 +11,10 @@ INITIAL_PRUNING = "train.initial_pruning"
 EVALUATE = "evaluate"
 DESCRIBE = "query.describe"
 
+# Prefix of a method's own entries: in a task's config (RoundPlan.client_config)
+# and in a training reply's metrics (TrainingHooks.report)
+METHOD_PREFIX = "method."
+
 # Metrics of replies
 NUM_EXAMPLES = "num-examples"  # the aggregation weight
 SAMPLES_PROCESSED = "samples-processed"

@@ -210,7 +210,12 @@ def profile_model(
     """Time local steps of ``model_name`` under varied masks and fit the cost model."""
     settings = settings or ProfileSettings()
     rng = np.random.default_rng(settings.seed)
-    model = build_model(model_name, num_classes, input_shape, seed=settings.seed)
+    try:
+        model = build_model(model_name, num_classes, input_shape, seed=settings.seed)
+    except ValueError as exc:  # a model that states which inputs it needs
+        raise ProfilingError(
+            f"{exc}; pass the shape of the data set it is meant for (--input-shape C,H,W)"
+        ) from exc
     layout = ModelLayout.from_model(model)
     generator = torch.Generator().manual_seed(settings.seed)
     batch = (

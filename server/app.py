@@ -205,8 +205,25 @@ def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = No
     partitions = report_partitions(results.folder, nodes, config)
     # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
-    env = MethodEnv(layout, fed.rounds, config.train.local_steps, full, fed.seed)
+    env = MethodEnv(
+        layout,
+        fed.rounds,
+        config.train.local_steps,
+        full,
+        fed.seed,
+        config.model.name,
+        source.num_classes,
+        source.input_shape,
+        config.train.batch_size,
+    )
     method = config.method_class(config.method, env)
+    rounds = method.planned_rounds(fed.rounds)
+    if rounds != fed.rounds:  # a method with a compute budget (Rethinking's scratch-B)
+        log(INFO, "fedprune: %s plans %d rounds instead of %d", config.pruning.method, rounds, fed.rounds)
+        config = dataclasses.replace(config, federation=dataclasses.replace(fed, rounds=rounds))
+        fed = config.federation
+        env = dataclasses.replace(env, num_rounds=rounds)
+        method = config.method_class(config.method, env)
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started
 

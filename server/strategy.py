@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -34,14 +34,14 @@ from flwr.supercore import log
 from common import keys
 from common.config import AppConfig
 from common.cost_model import CostModel
-from common.pruning import ImportanceRequest, PruningMethod, RoundPlan
+from common.pruning import ClientReport, ImportanceRequest, PruningMethod, RoundPlan
 from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
-from common.wire.codec import MASK, decode_payload
+from common.wire.codec import decode_mask, decode_payload
 
 from . import validation
-from .aggregation import average_counters, masked_fedavg
+from .aggregation import average_counters, masked_fedavg, per_position_fedavg
 from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
@@ -66,6 +66,8 @@ class TrainReply:
     weight: float
     loss: float
     values_bytes: int = 0  # measured bytes of the reply's values
+    mask: np.ndarray | None = None  # the client's own mask, when the round's plan asks for it
+    extras: dict[str, float | list[float]] = field(default_factory=dict)  # method.<key> metrics
 
 
 def format_bytes(n: float) -> str:
@@ -215,22 +217,42 @@ class PruningFedAvg(FedAvg):
         samples, weight, loss = checked.samples, checked.weight, checked.loss
         record = content.array_records[keys.ARRAYS]
         expects_upload = self.plan.importance is ImportanceRequest.UPLOAD
+        metrics = content.metric_records[keys.METRICS]
+        prefix = keys.METHOD_PREFIX
+        extras = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
         try:
-            if MASK in record:
+            client_mask = decode_mask(record, self.model.layout)
+            if client_mask is not None and not self.plan.client_masks:
                 raise WireError("a client may not change the mask")
+            if client_mask is None and self.plan.client_masks:
+                raise WireError("this round's clients must reply with their own mask")
             payload = decode_payload(
                 record,
                 self.model.layout,
-                self.model.mask,
+                self.model.mask if client_mask is None else client_mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
-                reference=self.sent_values,
+                reference=self.sent_values if client_mask is None else None,
             )
         except WireError as exc:
             raise RejectedReply("bad-payload", str(exc)) from exc
+        try:
+            self.method.check_report(extras)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise RejectedReply("bad-metric", str(exc)) from exc
         validation.finite_array("values", payload.values)
         if payload.importance is not None:
             validation.finite_array("importance", payload.importance, nonnegative=True)
-        return TrainReply(node, payload.values, payload.counters, payload.importance, samples, weight, loss)
+        return TrainReply(
+            node,
+            payload.values,
+            payload.counters,
+            payload.importance,
+            samples,
+            weight,
+            loss,
+            mask=client_mask,
+            extras=extras,
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -264,7 +286,7 @@ class PruningFedAvg(FedAvg):
             return None, None
         accepted.sort(key=lambda r: (r.node.partition_id, r.node.node_id))
         self._aggregate(server_round, accepted)
-        self._reconfigure(server_round)
+        self._reconfigure(server_round, accepted)
         self.row.train_loss = float(
             np.average([r.loss for r in accepted], weights=[r.weight for r in accepted])
         )
@@ -301,24 +323,31 @@ class PruningFedAvg(FedAvg):
             plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0
             positions = self._importance_positions()
             for r in accepted:
-                if plain:
+                if plain and r.mask is None:
                     self.importance.add_from_update(model.mask, start_values, r.values, r.samples, lr)
                 if r.importance is not None:
                     self.importance.add_upload(positions, r.importance)
-        model.floats = masked_fedavg(model.floats, model.mask, [r.values for r in accepted], weights)
+        if self.plan.client_masks:
+            masks = [r.mask for r in accepted]
+            model.floats = per_position_fedavg(model.floats, masks, [r.values for r in accepted], weights)
+        else:
+            model.floats = masked_fedavg(model.floats, model.mask, [r.values for r in accepted], weights)
         model.ints = average_counters([r.counters for r in accepted], weights)
         for r in accepted:
             r.node.mask_version = model.mask_version
 
-    def _reconfigure(self, server_round: int) -> None:
+    def _reconfigure(self, server_round: int, accepted: list[TrainReply]) -> None:
         uses_importance = self.plan.importance is not ImportanceRequest.OFF
-        new_mask = self.method.reconfigure(
+        reports = [ClientReport(r.node.partition_id, r.weight, r.mask, r.extras) for r in accepted]
+        merged = self.method.merge_clients(server_round, self.model.floats, self.model.mask, reports)
+        reconfigured = self.method.reconfigure(
             server_round,
             self.model.floats,
-            self.model.mask,
+            self.model.mask if merged is None else merged,
             self.importance.values if uses_importance else None,
             self.cost,
         )
+        new_mask = reconfigured if reconfigured is not None else merged
         if new_mask is None:
             return
         self.importance.take()

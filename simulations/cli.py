@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from common.config import AppConfig, load_config, read_preset
+from common.config import AppConfig, load_config, parse_override, read_preset
 from common.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -52,9 +52,15 @@ ResumeOption = Annotated[
 ]
 
 
+def _fail(exc: Exception, code: int) -> typer.Exit:
+    """Print one error line (no traceback) and the exit that ends the command: 2 for input, 1 for a run."""
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return typer.Exit(code=code)
+
+
 def preset_path(config: Path | None) -> Path | None:
-    """``config`` as given, or the bundled preset of that name."""
-    if config is None or config.exists():
+    """``config`` as given, or the bundled preset when ``config`` is a bare name such as ``gibbs``."""
+    if config is None or config.exists() or len(config.parts) > 1:
         return config
     bundled = resources.files("simulations").joinpath(f"{config.name.removesuffix('.toml')}.toml")
     return Path(str(bundled)) if bundled.is_file() else config
@@ -69,8 +75,7 @@ def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:
         resolved.check_simulation()
         preflight(resolved)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=2) from None
+        raise _fail(exc, 2) from None
     return resolved
 
 
@@ -103,8 +108,7 @@ def resolve_resume(
         checkpoint = latest_checkpoint(folder)
         check_fits(checkpoint, resolved, layout)
     except (ConfigError, CheckpointError, RunError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=2) from None
+        raise _fail(exc, 2) from None
     return resolved, checkpoint
 
 
@@ -122,8 +126,102 @@ def simulate(config: ConfigOption = None, set_: SetOption = None, resume: Resume
     try:
         summary = run(resolved, checkpoint)
     except (SimulationError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=1) from None
+        raise _fail(exc, 1) from None
+    typer.echo(summary.last_line())
+
+
+MethodsOption = Annotated[
+    str,
+    typer.Option(
+        "--methods",
+        "-m",
+        help="Comma-separated methods to compare (default: every method that starts from nothing).",
+    ),
+]
+PresetsOption = Annotated[
+    bool,
+    typer.Option(
+        "--presets/--no-presets",
+        help="Give each method its own settings table from simulations/<method>.toml.",
+    ),
+]
+
+
+@app.command()
+def compare(
+    methods: MethodsOption = "",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    presets: PresetsOption = True,
+) -> None:
+    """Run several methods with identical data, partitions and seeds, and print one table."""
+    from server.app import preflight
+    from simulations.compare import (
+        COMPARISON_FILE,
+        comparison_folder,
+        default_methods,
+        format_table,
+        method_configs,
+        write_csv,
+    )
+    from simulations.compare import compare as run_all
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] or default_methods()
+    try:
+        path = preset_path(config)
+        base = read_preset(path) if path is not None else {}
+        base.update(parse_override(text) for text in set_ or [])
+        folder = comparison_folder(str(base.get("output.dir", "results")))
+        configs = method_configs(base, names, folder, presets)
+        for resolved in configs:
+            resolved.check_simulation()
+            preflight(resolved)
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    try:
+        rows = run_all(configs, run)
+    except (SimulationError, RuntimeError) as exc:
+        raise _fail(exc, 1) from None
+    write_csv(rows, folder / COMPARISON_FILE)
+    typer.echo(format_table(rows))
+    typer.echo(f"fedprune: {len(rows)} methods compared; results in {folder}")
+
+
+RegimeOption = Annotated[
+    str,
+    typer.Option(
+        "--regime",
+        "-r",
+        help="finetune, scratch-e, scratch-b, lottery or random-reinit (Liu et al., ICLR 2019).",
+    ),
+]
+
+
+@app.command()
+def rethink(
+    source: Annotated[Path, typer.Argument(help="A finished run's results folder.")],
+    regime: RegimeOption = "finetune",
+    set_: SetOption = None,
+) -> None:
+    """Train a finished run's final mask again, from inherited weights or a new initialisation."""
+    folder = source.expanduser().resolve()
+    overrides = [
+        "pruning.method=rethinking",
+        f"pruning.rethinking.source={folder}",
+        f"pruning.rethinking.regime={regime}",
+        f"output.name={folder.name}-{regime}",
+        *(set_ or []),
+    ]
+    resolved = resolve(folder / "config.toml", overrides)
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    try:
+        summary = run(resolved)
+    except (SimulationError, RuntimeError) as exc:
+        raise _fail(exc, 1) from None
     typer.echo(summary.last_line())
 
 

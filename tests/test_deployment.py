@@ -73,7 +73,7 @@ class Federation:
         home.mkdir(parents=True, exist_ok=True)
         command = executable(argv if argv is not None else self.network.argv(name), BIN)
         log = (self.workdir / f"{name}.log").open("w")
-        env = {**os.environ, "FLWR_HOME": str(home), "FEDPRUNE_CLIENT_THREADS": "1"}
+        env = {**environment(home), "FEDPRUNE_CLIENT_THREADS": "1"}
         self.processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True
         )
@@ -123,7 +123,7 @@ class Federation:
         )
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {**os.environ, "FLWR_HOME": str(self.cli_home)}
+        env = environment(self.cli_home)
         return subprocess.run(
             [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
         )
@@ -136,21 +136,45 @@ class Federation:
         run_config.update({"output.name": name, **overrides})
         path = self.workdir / f"{name}.toml"
         path.write_text(toml_lines(run_config), encoding="utf-8")
-        env = {**os.environ, "FLWR_HOME": str(self.cli_home)}
+        env = environment(self.cli_home)
         log = (self.workdir / f"run-{name}.log").open("w")
         command = [str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", str(path)]
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return process, self.results / name
 
-    def finish_run(self, process: subprocess.Popen, name: str) -> str:
+    def check_alive(self, may_die: tuple[str, ...] = ()) -> None:
+        """Fail at once, with their logs, if services other than ``may_die`` have stopped."""
+        dead = [n for n, p in self.processes.items() if p.poll() is not None and n not in may_die]
+        if dead:
+            detail = "\n".join(f"--- {n}.log\n{self.log(n)[-3000:]}" for n in dead)
+            raise AssertionError(f"services {dead} stopped during the run\n{detail}")
+
+    def finish_run(self, process: subprocess.Popen, name: str, may_die: tuple[str, ...] = ()) -> str:
+        """Wait for ``flwr run`` (at most RUN_TIMEOUT_S) while every other service stays up."""
+        deadline = time.monotonic() + RUN_TIMEOUT_S
         try:
-            process.wait(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+            while process.poll() is None:
+                self.check_alive(may_die)
+                assert time.monotonic() < deadline, f"the run did not end within {RUN_TIMEOUT_S} s"
+                time.sleep(1)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         output = (self.workdir / f"run-{name}.log").read_text(errors="replace")
         assert process.returncode == 0, output[-4000:]
         return output
+
+
+def environment(flwr_home: Path) -> dict[str, str]:
+    """The caller's environment with this interpreter's scripts first on PATH.
+
+    A SuperExec launches ``flwr-serverapp`` / ``flwr-clientapp`` by name, so they
+    must be found even when the tests run as ``.venv/bin/python -m pytest``
+    without an activated virtual environment.
+    """
+    path = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home)}
 
 
 def toml_lines(flat: dict[str, object]) -> str:
@@ -242,11 +266,12 @@ def killed_run(federation: Federation) -> FinishedRun:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(read_rounds(folder)) < KILL_AFTER + 1:  # rounds 0 to KILL_AFTER written
         assert process.poll() is None, (federation.workdir / "run-run.log").read_text()[-4000:]
+        federation.check_alive(may_die=("intruder",))
         assert time.monotonic() < deadline, f"round {KILL_AFTER} did not finish"
         time.sleep(0.5)
     federation.kill("supernode-2")
     federation.kill("clientapp-2")
-    output = federation.finish_run(process, "run")
+    output = federation.finish_run(process, "run", may_die=("intruder", "supernode-2", "clientapp-2"))
     return FinishedRun(output, folder, read_rounds(folder), read_messages(folder))
 
 

@@ -175,6 +175,7 @@ def test_fedprune_profile_measures_and_writes_a_profile(tmp_path):
 
 
 def test_fedprune_profile_says_when_the_model_does_not_fit_the_inputs(tmp_path):
-    result = fedprune("profile", "-o", str(tmp_path / "x.toml"), "--set", "model.name=conv2")
+    # the default data set (digits) has 8x8 images; VGG-11 needs 32x32
+    result = fedprune("profile", "-o", str(tmp_path / "x.toml"), "--set", "model.name=vgg11")
     assert result.returncode == 2 and "--input-shape" in result.stderr
     assert "Traceback" not in result.stderr

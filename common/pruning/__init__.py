@@ -8,6 +8,7 @@ under ``pruning.<name>``), then add one line below.
 from __future__ import annotations
 
 from .base import (
+    ClientReport,
     ImportanceRequest,
     InitialData,
     InitialDataSpec,
@@ -17,16 +18,33 @@ from .base import (
     PruningMethod,
     RoundPlan,
 )
+from .droppruning import DropPruning
+from .gibbs import GibbsPruning
+from .l1filter import L1FilterPruning
+from .magnitude import MagnitudePruning
 from .none import NoPruning
 from .prunefl import PruneFL
+from .random import RandomPruning
+from .rethinking import Rethinking
+from .snip import Snip
+from .tgf import TrainableGates
 
 METHODS: dict[str, type[PruningMethod]] = {
     NoPruning.name: NoPruning,
+    RandomPruning.name: RandomPruning,
+    MagnitudePruning.name: MagnitudePruning,
+    Snip.name: Snip,
     PruneFL.name: PruneFL,
+    DropPruning.name: DropPruning,
+    GibbsPruning.name: GibbsPruning,
+    TrainableGates.name: TrainableGates,
+    L1FilterPruning.name: L1FilterPruning,
+    Rethinking.name: Rethinking,
 }
 
 __all__ = [
     "METHODS",
+    "ClientReport",
     "ImportanceRequest",
     "InitialData",
     "InitialDataSpec",

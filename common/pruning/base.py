@@ -8,8 +8,19 @@ and the client call only these, so adding a method is one file plus one line in
   computed from one client's data, on whichever side holds it);
 * :meth:`PruningMethod.round_plan` - what the clients do in a round (whether they
   compute an importance statistic and upload it, method-specific settings);
-* :meth:`PruningMethod.training_hooks` - client-side behaviour during local steps;
+* :meth:`PruningMethod.training_hooks` - client-side behaviour during local steps
+  (see :class:`~common.training.TrainingHooks`: a sampled or gated forward, a
+  penalty, the client's own mask, extra statistics, a physically smaller model);
+* :meth:`PruningMethod.check_report` / :meth:`PruningMethod.merge_clients` - what
+  the server makes of the clients' own masks and extra statistics, when a round's
+  plan asks for them (``RoundPlan.client_masks``);
 * :meth:`PruningMethod.reconfigure` - the new global mask from the aggregate.
+
+Every hook has a default that leaves the dense FedAvg behaviour unchanged, so a
+method overrides only what it changes. Randomness is a pure function of the run's
+seed and the round (:meth:`PruningMethod.rng`), so a method holds no RNG state and a
+run is reproducible from its configuration; state a method does keep between rounds
+(TGF's gate values) is exposed by :meth:`PruningMethod.state` for checkpoints.
 
 Masks are flat bool vectors over a :class:`~common.layout.ModelLayout`'s float
 state, True at every non-prunable position. Each method's settings are a
@@ -43,23 +54,52 @@ class ImportanceRequest(Enum):
     UPLOAD = "upload"  # add it and upload the accumulator, which is then cleared
 
 
+ConfigValue = Scalar | list[float] | list[int]
+
+
 @dataclass(frozen=True)
 class RoundPlan:
-    """What a method asks of the clients in one round."""
+    """What a method asks of the clients in one round.
+
+    ``client_config`` travels in the task message as ``method.<key>`` entries and
+    reaches :meth:`PruningMethod.training_hooks`. With ``client_masks`` the clients
+    reply with their own mask and the values at it (the strategy then averages each
+    position over the clients that kept it and asks :meth:`PruningMethod.merge_clients`
+    for the new global mask).
+    """
 
     importance: ImportanceRequest = ImportanceRequest.OFF
-    client_config: Mapping[str, Scalar] = field(default_factory=dict)
+    client_config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    client_masks: bool = False
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one accepted training reply tells the method: its mask, weight and statistics."""
+
+    partition_id: int
+    weight: float
+    mask: np.ndarray | None  # the client's own mask, when the plan asked for it
+    extras: Mapping[str, float | list[float]]  # the reply's ``method.<key>`` metrics
 
 
 @dataclass(frozen=True)
 class MethodEnv:
-    """Run facts a method may read, identical on the server and the clients."""
+    """Run facts a method may read, identical on the server and the clients.
+
+    ``model``, ``num_classes`` and ``input_shape`` let a method rebuild the
+    architecture (to trace its channel structure or count its FLOPs).
+    """
 
     layout: ModelLayout
     num_rounds: int
     local_steps: int
     full_participation: bool
     seed: int
+    model: str = ""
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -118,6 +158,18 @@ class PruningMethod(ABC):
     def settings_keys(cls) -> list[str]:
         return cls.Settings.keys() if cls.Settings is not MethodSettings else []
 
+    def rng(self, server_round: int, stream: int = 0) -> np.random.Generator:
+        """A generator that depends only on the run's seed, the round and ``stream``."""
+        return np.random.default_rng([self.env.seed, server_round, stream, 0x5EED])
+
+    def target_density(self) -> float | None:
+        """The density of prunable weights the method ends at by construction, if any."""
+        return None
+
+    def planned_rounds(self, configured: int) -> int:
+        """Rounds the run should last; a method with a compute budget may change it."""
+        return configured
+
     # -- server side ---------------------------------------------------------------
     def needs_initial_data(self) -> bool:
         """True if :meth:`initial_mask` needs ``InitialData`` (one client's batches)."""
@@ -134,6 +186,25 @@ class PruningMethod(ABC):
     def round_plan(self, server_round: int) -> RoundPlan:
         """What the clients do in ``server_round``; by default plain masked training."""
         return RoundPlan()
+
+    def check_report(self, extras: Mapping[str, float | list[float]]) -> None:
+        """Raise ValueError if a reply's extra statistics are unusable (the reply is rejected)."""
+        if extras:
+            raise ValueError(f"unexpected method statistics {sorted(extras)}")
+
+    def merge_clients(
+        self, server_round: int, floats: np.ndarray, mask: np.ndarray, reports: list[ClientReport]
+    ) -> np.ndarray | None:
+        """The new global mask from the clients' own masks and statistics, or None to keep it.
+
+        Called after aggregation, before :meth:`reconfigure`; ``floats`` are the
+        aggregated weights. The default keeps the mask, or, when the clients chose
+        their own masks, takes their union (a weight survives while any client keeps it).
+        """
+        masks = [r.mask for r in reports if r.mask is not None]
+        if not masks:
+            return None
+        return np.logical_or.reduce(masks)
 
     def reconfigure(
         self,
@@ -161,8 +232,8 @@ class PruningMethod(ABC):
             raise ValueError(f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
     # -- client side ---------------------------------------------------------------
-    def training_hooks(self, client_config: Mapping[str, Scalar]) -> TrainingHooks:
-        """Client-side hooks for one round of local training."""
+    def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
+        """Client-side hooks for one round of local training; ``seed`` is this client's, this round's."""
         return TrainingHooks()
 
 

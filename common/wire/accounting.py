@@ -21,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    get_object_children_ids_from_object_content,
+)
 
 from .codec import IMPORTANCE, MASK, VALUES
 
@@ -52,9 +55,13 @@ class MessageBytes:
 
 
 def measure_message(message: Message) -> MessageBytes:
-    """Serialised size of ``message``, split by category (see the module docstring)."""
+    """Serialised size of ``message``, split by category (see the module docstring).
+
+    Each object is deflated once; an array's chunks are found from the children ids
+    in its own deflated header, not by walking (and re-hashing) it a second time.
+    """
     objects = get_all_nested_objects(message)
-    sizes = {object_id: len(obj.deflate()) for object_id, obj in objects.items()}
+    contents = {object_id: obj.deflate() for object_id, obj in objects.items()}
     parts = dict.fromkeys(CATEGORIES[:-1], 0)
     claimed: set[str] = set()
     if message.has_content():
@@ -63,15 +70,16 @@ def measure_message(message: Message) -> MessageBytes:
                 category = _CATEGORY_OF_ARRAY.get(name)
                 if category is None:
                     continue
-                for object_id in get_all_nested_objects(array):
+                array_id = array.object_id  # cached by Flower once computed
+                for object_id in (array_id, *get_object_children_ids_from_object_content(contents[array_id])):
                     if object_id not in claimed:
                         claimed.add(object_id)
-                        parts[category] += sizes[object_id]
-    other = sum(sizes.values()) - sum(parts.values())
+                        parts[category] += len(contents[object_id])
+    total = sum(len(content) for content in contents.values())
     return MessageBytes(
         values=parts["values"],
         mask=parts["mask"],
         importance=parts["importance"],
-        other=other,
+        other=total - sum(parts.values()),
         objects=len(objects),
     )
