@@ -164,13 +164,21 @@ class TableRow:
     wall_time_s: float
 
 
-def table_rows(runs: Sequence[RunRecord], target: float) -> tuple[list[TableRow], list[str]]:
-    """One row per run, and the names of the profiles the modelled columns use."""
+def table_rows(
+    runs: Sequence[RunRecord], target: float, only: Sequence[str] = ()
+) -> tuple[list[TableRow], list[str]]:
+    """One row per run, and the names of the profiles the modelled columns use.
+
+    ``only`` restricts the modelled columns to these profiles (default: every
+    bundled profile with timings for the run's model).
+    """
     layouts = {id(run): layout_of(run.config) for run in runs}
     names: list[str] = []
     per_run_profiles = {}
     for run in runs:
         usable = profiles_for(run.config.model.name, layouts[id(run)])
+        if only:
+            usable = [p for p in usable if p.name in only]
         per_run_profiles[id(run)] = usable
         names += [p.name for p in usable if p.name not in names]
     out = []
@@ -219,13 +227,12 @@ def markdown_table(rows: Sequence[TableRow], profiles: Sequence[str], target: fl
     head = [
         "method",
         "rounds",
-        "final accuracy",
-        "final density",
-        "bytes down",
-        "bytes up",
-        f"bytes to {target:.0%}",
-        f"rounds to {target:.0%}",
-        *[f"modelled time to {target:.0%} ({p})" for p in profiles],
+        "final accuracy (measured)",
+        "final density (measured)",
+        "bytes down + up (measured)",
+        f"bytes to {target:.0%} (measured)",
+        f"rounds to {target:.0%} (measured)",
+        *[f"time to {target:.0%}, {p} (modelled)" for p in profiles],
         "wall time (measured)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -235,8 +242,7 @@ def markdown_table(rows: Sequence[TableRow], profiles: Sequence[str], target: fl
             str(r.rounds),
             f"{r.final_accuracy:.4f}",
             f"{r.final_density:.4f}",
-            _mb(r.bytes_down),
-            _mb(r.bytes_up),
+            f"{_mb(r.bytes_down + r.bytes_up)} ({_mb(r.bytes_down)} + {_mb(r.bytes_up)})",
             _mb(r.bytes_to_target),
             "never" if math.isnan(r.rounds_to_target) else str(int(r.rounds_to_target)),
             *[_seconds(r.modelled_to_target.get(p, math.nan)) for p in profiles],
@@ -308,9 +314,15 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
         plt.close(fig)
         paths.append(path)
 
+    def evaluated(run: RunRecord, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The points of rounds with an accuracy (evaluate.every > 1 leaves gaps)."""
+        accuracy = run.column("accuracy")
+        keep = ~np.isnan(accuracy)
+        return x[keep], accuracy[keep]
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
-        ax.plot(run.cumulative_bytes() / 1e6, run.column("accuracy"), label=run.label)
+        ax.plot(*evaluated(run, run.cumulative_bytes() / 1e6), label=run.label)
     ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     finish(fig, ax, "accuracy_vs_bytes.png", "cumulative bytes, MB (measured)", "test accuracy", log_x=True)
 
@@ -320,7 +332,7 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
             usable = {p.name: p for p in profiles_for(run.config.model.name, layout_of(run.config))}
             if profile in usable:
                 elapsed = np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))
-                ax.plot(elapsed / 3600, run.column("accuracy"), label=run.label)
+                ax.plot(*evaluated(run, elapsed / 3600), label=run.label)
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         finish(fig, ax, "accuracy_vs_modelled_time.png", f"modelled time, h ({profile})", "test accuracy")
 
@@ -354,7 +366,7 @@ def answer(rows: Sequence[TableRow], profile: str | None, target: float, baselin
         if base is not None and not math.isnan(base.bytes_to_target):
             parts.append(f"with {r.bytes_to_target / base.bytes_to_target:.2f}x the bytes of dense FedAvg")
             if profile and not math.isnan(base.modelled_to_target.get(profile, math.nan)):
-                ratio = r.modelled_to_target[profile] / base.modelled_to_target[profile]
+                ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target[profile]
                 parts.append(f"in {ratio:.2f}x its modelled time ({profile})")
         elif base is not None:
             parts.append(f"while dense FedAvg did not within {base.rounds} rounds")
@@ -372,10 +384,15 @@ def write_report(
     command: str,
     environment: dict[str, str],
     notes: Sequence[str] = (),
+    profiles_only: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path."""
+    """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path.
+
+    ``sections`` are further Markdown sections, placed after the plots.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    rows, profiles = table_rows(runs, target)
+    rows, profiles = table_rows(runs, target, profiles_only)
     main_profile = runs[0].config.cost.profile if runs else None
     if main_profile not in profiles:
         main_profile = profiles[0] if profiles else None
@@ -400,6 +417,7 @@ def write_report(
         "",
         *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],
         "",
+        *[section + "\n" for section in sections],
         "## Set-up",
         "",
         f"- Command: `{command}`",
