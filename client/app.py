@@ -211,6 +211,7 @@ def train(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
     spec, layout = job.spec, job.layout
     mask, start_values = load_model(job, _arrays(message))
+    decoded, train_start = time.monotonic(), time.time()
     config = message.content.config_records[keys.CONFIG]
     client_config = {
         k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
@@ -240,6 +241,7 @@ def train(message: Message, context: Context) -> RecordDict:
             job.state.add_importance(importance, spec.mask_version)
         else:
             upload = job.state.take_importance(importance, spec.mask_version)
+    trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
     # a lossy format rounds the update, not the weight: the server adds it to what it sent;
@@ -252,18 +254,26 @@ def train(message: Message, context: Context) -> RecordDict:
         )
     else:
         payload = ModelPayload(floats[own_mask], ints, mask=own_mask, importance=upload)
+    arrays = encode_payload(payload, layout, spec.wire)
+    finished = time.monotonic()
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: weight,
             keys.SAMPLES_PROCESSED: result.samples,
             keys.TRAIN_LOSS: result.mean_loss,
             keys.MASK_VERSION: spec.mask_version,
-            keys.CLIENT_SECONDS: time.monotonic() - started,
+            keys.CLIENT_SECONDS: finished - started,
+            # where the time went (server/phases.py); the instants are this node's clock
+            keys.PHASE_DECODE_S: decoded - started,
+            keys.PHASE_TRAIN_S: trained - decoded,
+            keys.PHASE_ENCODE_S: finished - trained,
+            keys.PHASE_TRAIN_START: train_start,
+            keys.PHASE_TRAIN_END: train_end,
         }
     )
     for key, value in hooks.report().items():
         metrics[f"{keys.METHOD_PREFIX}{key}"] = value
-    return RecordDict({keys.ARRAYS: encode_payload(payload, layout, spec.wire), keys.METRICS: metrics})
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
 
 
 @app.train("initial_pruning")

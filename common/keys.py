@@ -30,6 +30,12 @@ EVAL_ACCURACY = "eval-accuracy"
 MASK_VERSION = "mask-version"
 IMPORTANCE_ROUNDS = "importance-rounds"
 CLIENT_SECONDS = "client-seconds"
+# A training reply's phase timings (server/phases.py): seconds, and Unix times of the node's clock
+PHASE_DECODE_S = "phase.decode-s"
+PHASE_TRAIN_S = "phase.train-s"
+PHASE_ENCODE_S = "phase.encode-s"
+PHASE_TRAIN_START = "phase.train-start"
+PHASE_TRAIN_END = "phase.train-end"
 
 # Node config (set per SuperNode with --node-config)
 NODE_PARTITION_ID = "partition-id"

@@ -167,11 +167,17 @@ def preflight(config: AppConfig) -> ModelLayout:
     return layout
 
 
-def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = None) -> RunSummary:
+def run_federation(
+    grid: Grid,
+    config: AppConfig,
+    resume: Checkpoint | None = None,
+    on_round: Callable[[RoundRow], None] | None = None,
+) -> RunSummary:
     """Run initial pruning and all rounds; write the results folder.
 
     With ``resume``, a checkpoint of this run's results folder, continue after the
-    checkpoint's round instead (see :func:`restore`).
+    checkpoint's round instead (see :func:`restore`). ``on_round`` is called with
+    every round's row as it is written (progress bars).
     """
     started = time.monotonic()
     fed = config.federation
@@ -226,6 +232,7 @@ def run_federation(grid: Grid, config: AppConfig, resume: Checkpoint | None = No
         method = config.method_class(config.method, env)
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started
+    strategy.on_round = on_round
 
     runner: PruningFedAvg | ResumedStrategy = strategy
     if resume is None:
@@ -370,6 +377,7 @@ def build_server_app(
     config: AppConfig | None = None,
     on_finish: Callable[[RunSummary], None] | None = None,
     resume: Checkpoint | None = None,
+    on_round: Callable[[RoundRow], None] | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``config`` (or reading the run config when None).
 
@@ -382,7 +390,7 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
-            summary = run_federation(grid, resolved, resume)
+            summary = run_federation(grid, resolved, resume, on_round)
             if on_finish is not None:
                 on_finish(summary)
         except (ConfigError, RunError, CheckpointError, TimeoutError) as exc:

@@ -28,6 +28,7 @@ from .communication import CommunicationLog
 from .global_model import GlobalModel
 from .mask_history import MaskHistory
 from .nodes import NodeBook, NodeInfo
+from .phases import PhaseClock
 from .validation import from_superlink
 
 
@@ -44,6 +45,7 @@ class Messenger:
         self.comm = comm
         self.wire = wire
         self.history = MaskHistory(model.layout)
+        self.clock = PhaseClock()  # measuring bytes is timed as "accounting"
 
     def _mask_part(self, base: int | None) -> tuple[Array | None, float]:
         """The mask array for a node holding ``base`` (None: it needs none), and its bound in bits."""
@@ -164,12 +166,13 @@ class Messenger:
         ``bound`` is the message's bound when the caller knows it (the payloads it
         built); otherwise it is read from the payload.
         """
-        measured = measure_message(message)
-        dense = 0
-        if message.has_content() and keys.ARRAYS in message.content.array_records:
-            if bound is None:
-                bound = self.bound_of(message.content.array_records[keys.ARRAYS])
-            dense = dense_bytes(self.model.layout)
+        with self.clock.phase("accounting"):
+            measured = measure_message(message)
+            dense = 0
+            if message.has_content() and keys.ARRAYS in message.content.array_records:
+                if bound is None:
+                    bound = self.bound_of(message.content.array_records[keys.ARRAYS])
+                dense = dense_bytes(self.model.layout)
         self.comm.record(
             server_round,
             phase,

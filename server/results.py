@@ -7,6 +7,11 @@ file                       content
                            ``fedprune simulate --config``)
 ``rounds.csv``             one row per round (round 0: the initial model,
                            after initial pruning), written as the round ends
+``layers.csv``             one row per round: the kept weights of every
+                           prunable tensor after the round (its mask is the
+                           one the next round trains under)
+``phases.csv``             one row per round: wall seconds per phase of the
+                           server and the clients (:mod:`server.phases`)
 ``communication.csv``      one row per message: measured bytes by category,
                            the bound and the dense size
 ``initial_pruning.json``   where initial pruning ran, its density, time, bytes
@@ -42,6 +47,7 @@ from common.settings import Scalar
 
 from .checkpoint import CHECKPOINT_DIR
 from .communication import truncate
+from .phases import PhaseRow
 
 ROUNDS_FILE = "rounds.csv"
 COMMUNICATION_FILE = "communication.csv"
@@ -50,6 +56,8 @@ CONFIG_FILE = "config.toml"
 INITIAL_PRUNING_FILE = "initial_pruning.json"
 MODEL_FILE = "model.npz"
 MASK_FILE = "mask.npz"
+LAYERS_FILE = "layers.csv"
+PHASES_FILE = "phases.csv"
 
 
 @dataclass
@@ -148,6 +156,8 @@ class ResultsWriter:
         if new_files:
             with (folder / ROUNDS_FILE).open("w", newline="") as f:
                 csv.writer(f).writerow(RoundRow.columns())
+            for name in (LAYERS_FILE, PHASES_FILE):  # written with their first row
+                (folder / name).unlink(missing_ok=True)
 
     @classmethod
     def create(cls, config: AppConfig) -> ResultsWriter:
@@ -166,13 +176,24 @@ class ResultsWriter:
             raise FileNotFoundError(f"{folder} holds no {ROUNDS_FILE} to continue")
         return cls(folder, new_files=False)
 
+    def _size(self, name: str) -> int:
+        path = self.folder / name
+        return path.stat().st_size if path.is_file() else 0
+
     def state_dict(self) -> dict[str, int]:
-        """How much of ``rounds.csv`` was written, for a checkpoint."""
-        return {"rounds_csv_bytes": (self.folder / ROUNDS_FILE).stat().st_size}
+        """How much of each per-round CSV was written, for a checkpoint."""
+        return {
+            "rounds_csv_bytes": self._size(ROUNDS_FILE),
+            "layers_csv_bytes": self._size(LAYERS_FILE),
+            "phases_csv_bytes": self._size(PHASES_FILE),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Cut ``rounds.csv`` back to the rows it held at the checkpoint."""
+        """Cut the per-round CSVs back to the rows they held at the checkpoint."""
         truncate(self.folder / ROUNDS_FILE, int(state["rounds_csv_bytes"]))
+        for name, key in ((LAYERS_FILE, "layers_csv_bytes"), (PHASES_FILE, "phases_csv_bytes")):
+            if (self.folder / name).is_file():
+                truncate(self.folder / name, int(state.get(key, 0)))
 
     @property
     def communication_path(self) -> Path:
@@ -181,6 +202,23 @@ class ResultsWriter:
     def append_round(self, row: RoundRow) -> None:
         with (self.folder / ROUNDS_FILE).open("a", newline="") as f:
             csv.writer(f).writerow(row.formatted())
+
+    def _append(self, name: str, header: list[str], row: list[str]) -> None:
+        path = self.folder / name
+        fresh = not path.is_file() or path.stat().st_size == 0
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if fresh:
+                writer.writerow(header)
+            writer.writerow(row)
+
+    def append_layers(self, server_round: int, layout: ModelLayout, kept: np.ndarray) -> None:
+        """The kept weights per prunable tensor after ``server_round`` (``layers.csv``)."""
+        names = [t.name for t in layout.prunable]
+        self._append(LAYERS_FILE, ["round", *names], [str(server_round), *(str(int(k)) for k in kept)])
+
+    def append_phases(self, row: PhaseRow) -> None:
+        self._append(PHASES_FILE, PhaseRow.columns(), row.formatted())
 
     def write_json(self, name: str, data: dict) -> None:
         """Write ``data`` atomically; NaN becomes null."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -49,6 +49,7 @@ from .global_model import GlobalModel
 from .importance import ImportanceAccumulator
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
+from .phases import ClientPhases, round_phases
 from .results import ResultsWriter, RoundRow
 from .validation import Exchange, RejectedReply
 
@@ -68,6 +69,7 @@ class TrainReply:
     values_bytes: int = 0  # measured bytes of the reply's values
     mask: np.ndarray | None = None  # the client's own mask, when the round's plan asks for it
     extras: dict[str, float | list[float]] = field(default_factory=dict)  # method.<key> metrics
+    phases: ClientPhases | None = None  # the client's own phase timings, when it reports them
 
 
 def format_bytes(n: float) -> str:
@@ -134,6 +136,9 @@ class PruningFedAvg(FedAvg):
         self.checkpoints = CheckpointPlanner(
             CheckpointSchedule(config.output.checkpoint_every, config.federation.rounds)
         )
+        self.clock = messenger.clock  # the server's phases (server/phases.py), reset every round
+        self.client_phases: list[ClientPhases] = []
+        self.on_round: Callable[[RoundRow], None] | None = None  # called with every round's row
 
     # -- logging ---------------------------------------------------------------------
     def summary(self) -> None:
@@ -175,7 +180,10 @@ class PruningFedAvg(FedAvg):
         self.grid = grid
         self.round_started = time.monotonic()
         self.row = RoundRow(round=server_round)
-        self.refresh_nodes(grid)
+        self.clock.reset()
+        self.client_phases = []
+        with self.clock.phase("setup"):
+            self.refresh_nodes(grid)
         fed = self.config.federation
         sampled = self.nodes.sample(server_round, fed.clients_per_round, fed.seed)
         self.plan = self.method.round_plan(server_round)
@@ -183,9 +191,10 @@ class PruningFedAvg(FedAvg):
         self.row.clients = len(sampled)
         self.sent_values = self.model.kept_values()
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
-        messages = self.messenger.model_messages(
-            sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
-        )
+        with self.clock.phase("encode"):
+            messages = self.messenger.model_messages(
+                sampled, keys.TRAIN, self.task_config(server_round, self.plan), server_round, "train"
+            )
         self.exchanges["train"] = Exchange(
             server_round, keys.TRAIN, self.sent, messages, self.max_reply_bytes
         )
@@ -252,6 +261,7 @@ class PruningFedAvg(FedAvg):
             loss,
             mask=client_mask,
             extras=extras,
+            phases=validation.client_phases(metrics),
         )
 
     def aggregate_train(
@@ -261,16 +271,18 @@ class PruningFedAvg(FedAvg):
         exchange = self.exchanges["train"]
         for reply in replies:
             node_id = exchange.sender(reply)
-            measured = self.messenger.log_reply(reply, server_round, "train", node_id)
-            try:
-                exchange.accept_origin(reply, measured.total)
-                if reply.has_error():
-                    self._failed(server_round, "train", node_id, reply.error.reason)
-                    continue
-                accepted.append(self.decode_train_reply(reply))
-                accepted[-1].values_bytes = measured.values
-            except RejectedReply as exc:
-                self._reject(server_round, "train", node_id, exc)
+            with self.clock.phase("decode"):
+                measured = self.messenger.log_reply(reply, server_round, "train", node_id)
+                try:
+                    exchange.accept_origin(reply, measured.total)
+                    if reply.has_error():
+                        self._failed(server_round, "train", node_id, reply.error.reason)
+                        continue
+                    accepted.append(self.decode_train_reply(reply))
+                    accepted[-1].values_bytes = measured.values
+                except RejectedReply as exc:
+                    self._reject(server_round, "train", node_id, exc)
+        self.client_phases = [r.phases for r in accepted if r.phases is not None]
         for node_id in sorted(exchange.missing()):
             self._failed(server_round, "train", node_id, NO_REPLY)
         self._update_round_time(server_round, accepted)
@@ -285,13 +297,17 @@ class PruningFedAvg(FedAvg):
             )
             return None, None
         accepted.sort(key=lambda r: (r.node.partition_id, r.node.node_id))
-        self._aggregate(server_round, accepted)
-        self._reconfigure(server_round, accepted)
+        with self.clock.phase("aggregate"):
+            self._aggregate(server_round, accepted)
+        with self.clock.phase("reconfigure"):
+            self._reconfigure(server_round, accepted)
         self.row.train_loss = float(
             np.average([r.loss for r in accepted], weights=[r.weight for r in accepted])
         )
         metrics = MetricRecord({"train-loss": self.row.train_loss, "density": self.model.density})
-        return self.model.to_arrayrecord(), metrics
+        with self.clock.phase("aggregate"):  # Flower's copy of the model, for evaluate_fn
+            arrays = self.model.to_arrayrecord()
+        return arrays, metrics
 
     def _failed(self, server_round: int, phase: str, node_id: int, reason: str) -> None:
         """Count a node that answered with an error or not at all; the round goes on."""
@@ -450,7 +466,8 @@ class PruningFedAvg(FedAvg):
         result = None
         last = server_round == self.config.federation.rounds
         if self.evaluator is not None and (server_round % self.config.evaluate.every == 0 or last):
-            evaluation: Evaluation = self.evaluator(self.model)
+            with self.clock.phase("evaluate"):
+                evaluation: Evaluation = self.evaluator(self.model)
             row.accuracy, row.loss = evaluation.accuracy, evaluation.loss
             result = MetricRecord({"accuracy": evaluation.accuracy, "loss": evaluation.loss})
         row.density = self.model.density
@@ -477,7 +494,13 @@ class PruningFedAvg(FedAvg):
         self.rows.append(row)
         if self.results is not None:
             self.results.append_round(row)
+            self.results.append_layers(server_round, self.model.layout, self.model.kept_per_layer())
+            if server_round > 0:
+                phases = round_phases(server_round, row.wall_time_s, self.clock.seconds, self.client_phases)
+                self.results.append_phases(phases)
         self._checkpoint_if_due(server_round)
+        if self.on_round is not None:
+            self.on_round(row)
         log(
             INFO,
             "[round %d/%d] accuracy %s | density %.4f | down %s up %s (bound %s, dense %s) | %.1f s",

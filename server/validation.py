@@ -42,6 +42,8 @@ from common import keys
 from common.layout import ModelLayout
 from common.wire import dense_bytes
 
+from .phases import ClientPhases
+
 HEADER_ALLOWANCE = 64 * 1024  # bytes for records' headers, metrics, configs and array headers
 MAX_COUNT = 2**31 - 1  # the largest data-set size or sample count a node may report
 
@@ -239,6 +241,36 @@ def train_metrics(
         weight = float_metric(metrics, keys.NUM_EXAMPLES, 1, max(train_size, 1))
     loss = float_metric(metrics, keys.TRAIN_LOSS, 0.0)
     return TrainMetrics(samples, weight, loss)
+
+
+PHASE_KEYS = (
+    keys.PHASE_DECODE_S,
+    keys.PHASE_TRAIN_S,
+    keys.PHASE_ENCODE_S,
+    keys.PHASE_TRAIN_START,
+    keys.PHASE_TRAIN_END,
+)
+
+
+def client_phases(metrics: MetricRecord) -> ClientPhases | None:
+    """A training reply's phase timings, or None when it reports none (they are optional).
+
+    Used for the report only, never for aggregation; a reply that reports some must
+    report all: durations >= 0 and a training interval that does not end before it
+    starts (``client-seconds``, the whole handler, then defaults to their sum).
+    """
+    if not any(key in metrics for key in PHASE_KEYS):
+        return None
+    decode_s, train_s, encode_s = (
+        float_metric(metrics, key, 0.0)
+        for key in (keys.PHASE_DECODE_S, keys.PHASE_TRAIN_S, keys.PHASE_ENCODE_S)
+    )
+    start = float_metric(metrics, keys.PHASE_TRAIN_START)
+    end = float_metric(metrics, keys.PHASE_TRAIN_END, start)
+    total = decode_s + train_s + encode_s
+    if keys.CLIENT_SECONDS in metrics:
+        total = float_metric(metrics, keys.CLIENT_SECONDS, 0.0)
+    return ClientPhases(decode_s, train_s, encode_s, total, start, end)
 
 
 @dataclass(frozen=True)

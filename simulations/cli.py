@@ -189,6 +189,72 @@ def compare(
     typer.echo(f"fedprune: {len(rows)} methods compared; results in {folder}")
 
 
+@app.command()
+def bench(
+    preset: Annotated[
+        str, typer.Argument(help="A bench preset: quick, lenet5-mnist, prunefl-femnist, or a TOML file.")
+    ] = "quick",
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            "-m",
+            help="Comma-separated methods (default: the preset's); dense FedAvg always runs.",
+        ),
+    ] = "",
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Report folder (default: results/bench-<preset>); runs reused there."
+        ),
+    ] = None,
+    scale: Annotated[
+        bool,
+        typer.Option(help="Also measure the server's peak memory with 1,000 MNIST clients against 10."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option(help="Show Flower's log lines as well as the progress bars.")
+    ] = False,
+) -> None:
+    """Run dense FedAvg and pruning methods side by side and write a report (table, plots, Markdown)."""
+    import shlex
+    import sys
+
+    from server.app import RunError
+    from server.checkpoint import CheckpointError
+    from simulations.bench import BenchError, check_methods, load_bench_preset, run_bench
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    command = shlex.join(["fedprune", *sys.argv[1:]])
+    try:
+        chosen = load_bench_preset(preset)
+        names = [m.strip() for m in methods.split(",") if m.strip()] or list(chosen.methods)
+        check_methods(names)
+        overrides = [parse_override(text) for text in set_ or []]
+        report_dir = (output or Path("results") / f"bench-{chosen.name}").expanduser().resolve()
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    if scale:
+        from simulations.bench_scale import measure
+
+        shared = dict(overrides)
+        data_dir = str(shared.get("data.dir", ""))
+        try:
+            measure(1000, 10, 10, 3, report_dir, data_dir)
+        except RuntimeError as exc:
+            raise _fail(exc, 1) from None
+    try:
+        path = run_bench(chosen, names, overrides, report_dir, run, command, verbose, console)
+    except (ConfigError, BenchError, CheckpointError, RunError) as exc:
+        raise _fail(exc, 2) from None
+    except (SimulationError, RuntimeError) as exc:
+        raise _fail(exc, 1) from None
+    typer.echo(path.read_text(encoding="utf-8").split("\n## ")[0].rstrip())
+    typer.echo(f"fedprune: report in {path}")
+
+
 RegimeOption = Annotated[
     str,
     typer.Option(

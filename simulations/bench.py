@@ -1,0 +1,556 @@
+"""``fedprune bench``: dense FedAvg and pruning methods side by side, and a report.
+
+A *bench preset* (``simulations/benchmarks/<name>.toml``) names a simulate preset
+and overrides (the federated setting every method shares), the methods, the
+target accuracy and the device profiles to model::
+
+    [bench]
+    description = "..."
+    simulate = "prunefl-femnist"     # a preset of fedprune simulate ("" = the defaults)
+    methods = ["none", "prunefl"]
+    target = 0.7
+    profiles = ["raspberry-pi-4-class"]   # [] = every bundled profile with the model's figures
+
+    [set]                             # keys of fedprune simulate, on top of the preset
+    federation.rounds = 250
+
+Every method runs with the same configuration but for ``pruning.method`` and its
+own ``pruning.<method>.*`` table (the other methods' tables are dropped: a
+setting of a method that is not selected is a configuration error), so data,
+partitions, model initialisation, client sampling and batches are identical.
+Each run writes ``<report>/runs/<method>/``; on a second call a finished run of
+the same configuration is reused and an unfinished one resumed from its latest
+checkpoint (:func:`plan_run`). The report (:mod:`simulations.report`) is written
+from those folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import platform
+import subprocess
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from common.config import AppConfig, read_preset
+from common.pruning import METHODS
+from common.settings import ConfigError, flatten
+from server.app import RELOCATABLE_KEYS, RunSummary
+from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+from server.phases import SERVER_PHASES
+from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, RoundRow
+from simulations.compare import NEEDS_SOURCE, preset_method_keys
+
+BENCH_PACKAGE = "simulations.benchmarks"
+RUNS_DIR = "runs"
+BASELINE = "none"
+
+Runner = Callable[[AppConfig, Checkpoint | None, Callable[[RoundRow], None] | None], RunSummary]
+
+
+class BenchError(ValueError):
+    """A bench preset or a runs folder that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """What a benchmark runs: a shared federated setting, methods, a target and profiles."""
+
+    name: str
+    description: str = ""
+    simulate: str = ""
+    overrides: dict[str, object] = field(default_factory=dict)
+    methods: tuple[str, ...] = (BASELINE, "prunefl")
+    target: float = 0.9
+    profiles: tuple[str, ...] = ()
+
+
+def bench_presets() -> list[str]:
+    """Names of the bundled bench presets."""
+    folder = resources.files(BENCH_PACKAGE)
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_bench_preset(name: str) -> BenchPreset:
+    """A bundled bench preset by name, or a bench preset file by path."""
+    path = Path(name)
+    if not path.is_file():
+        bundled = resources.files(BENCH_PACKAGE).joinpath(f"{name.removesuffix('.toml')}.toml")
+        if not bundled.is_file():
+            raise ConfigError(
+                "preset", name, f"a bench preset file or one of {bench_presets()}", what="argument"
+            )
+        path = Path(str(bundled))
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("preset", str(path), f"a valid TOML file ({exc})", what="argument") from exc
+    bench = table.get("bench", {})
+    unknown = set(table) - {"bench", "set"} | set(bench) - {
+        "description",
+        "simulate",
+        "methods",
+        "target",
+        "profiles",
+    }
+    if unknown:
+        raise ConfigError(
+            "preset",
+            str(path),
+            f"only [bench] (description, simulate, methods, target, profiles) and [set] "
+            f"(not {sorted(unknown)})",
+            what="argument",
+        )
+    target = bench.get("target", 0.9)
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+        raise ConfigError("bench.target", str(target), "an accuracy in (0, 1]")
+    preset = BenchPreset(
+        name=path.name.removesuffix(".toml"),
+        description=str(bench.get("description", "")),
+        simulate=str(bench.get("simulate", "")),
+        overrides=flatten(table.get("set", {})),
+        methods=tuple(bench.get("methods", (BASELINE, "prunefl"))),
+        target=float(target),
+        profiles=tuple(bench.get("profiles", ())),
+    )
+    check_methods(preset.methods)
+    return preset
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    startable = [m for m in METHODS if m not in NEEDS_SOURCE]
+    for method in methods:
+        if method not in startable:
+            raise ConfigError(
+                "--methods", method, f"methods that start from nothing: {startable}", what="option"
+            )
+    if len(set(methods)) != len(methods):
+        raise ConfigError("--methods", ",".join(methods), "each method once", what="option")
+
+
+def with_baseline(methods: Iterable[str]) -> list[str]:
+    """``methods`` with dense FedAvg first (the report compares every method with it)."""
+    rest = [m for m in methods if m != BASELINE]
+    return [BASELINE, *rest]
+
+
+def shared_setting(preset: BenchPreset, overrides: Iterable[tuple[str, object]] = ()) -> dict[str, object]:
+    """The flat keys every method shares: the simulate preset, the bench's [set], then ``overrides``."""
+    from simulations.cli import preset_path
+
+    flat: dict[str, object] = {}
+    if preset.simulate:
+        path = preset_path(Path(preset.simulate))
+        assert path is not None
+        flat.update(read_preset(path))
+    flat.update(preset.overrides)
+    flat.update(overrides)
+    return flat
+
+
+def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> AppConfig:
+    """``method``'s configuration: the shared keys, its own table only, its runs folder.
+
+    Keys of other methods' tables are dropped; the method's own keys come from the
+    shared setting, else from its bundled preset (``simulations/<method>.toml``).
+    """
+    own = f"pruning.{method}."
+    flat = {
+        k: v
+        for k, v in shared.items()
+        if not k.startswith("pruning.") or k.startswith(own) or k.count(".") == 1
+    }
+    flat.update({k: v for k, v in preset_method_keys(method).items() if k not in flat})
+    flat.update({"pruning.method": method, "output.dir": str(runs_dir), "output.name": method})
+    return AppConfig.from_flat(flat)
+
+
+def config_difference(folder: Path, config: AppConfig) -> str | None:
+    """None if ``folder``'s run has ``config`` (its place aside); else the first key that differs."""
+    saved = read_preset(folder / CONFIG_FILE)
+    current = config.to_flat()
+    for key in sorted(set(saved) | set(current)):
+        if key not in RELOCATABLE_KEYS and saved.get(key) != current.get(key):
+            return f"{key} = {saved.get(key)!r} there, {current.get(key)!r} now"
+    return None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What to do for one method: ``reuse`` a finished run, ``resume`` one, or ``start`` afresh."""
+
+    method: str
+    config: AppConfig
+    action: str
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output.dir) / self.config.output.name
+
+
+def plan_run(config: AppConfig) -> RunPlan:
+    """Decide from the run's folder whether to reuse, resume or start the run of ``config``.
+
+    A folder holding a run of another configuration is refused (rather than overwritten).
+    """
+    method = config.pruning.method
+    folder = Path(config.output.dir) / config.output.name
+    if not (folder / CONFIG_FILE).is_file():
+        return RunPlan(method, config, "start")
+    difference = config_difference(folder, config)
+    if difference is not None:
+        raise BenchError(
+            f"{folder} holds a run of another configuration ({difference}); "
+            "remove it or write the report elsewhere (--output)"
+        )
+    if (folder / SUMMARY_FILE).is_file():
+        return RunPlan(method, config, "reuse")
+    try:
+        checkpoint = latest_checkpoint(folder)
+    except CheckpointError:
+        return RunPlan(method, config, "start")  # killed before its first checkpoint
+    return RunPlan(method, config, "resume", checkpoint)
+
+
+def plan_runs(shared: dict[str, object], methods: Sequence[str], report_dir: Path) -> list[RunPlan]:
+    """One plan per method, every configuration validated before anything runs."""
+    runs_dir = report_dir / RUNS_DIR
+    return [plan_run(method_config(shared, method, runs_dir)) for method in methods]
+
+
+def execute(
+    plans: Sequence[RunPlan],
+    run: Runner,
+    on_start: Callable[[RunPlan], Callable[[RoundRow], None] | None] = lambda _p: None,
+) -> list[Path]:
+    """Run (or resume) every plan that needs it, in order; return the runs' folders."""
+    folders = []
+    for plan in plans:
+        callback = on_start(plan)
+        if plan.action != "reuse":
+            run(plan.config, plan.checkpoint, callback)
+        folders.append(plan.folder)
+    return folders
+
+
+# -- what the report says about the machine and the run --------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_commit(folder: Path) -> str:
+    """The checkout's commit, with ``-dirty`` when it has uncommitted changes (or 'unknown')."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def environment(load_before: float | None = None) -> dict[str, str]:
+    """Hardware and versions, for the report's set-up section."""
+    import flwr
+    import numpy
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    info = {
+        "CPU": f"{_cpu_model()}, {os.cpu_count()} logical cores, {_memory_gib()} RAM ({platform.machine()})",
+        "Versions": (
+            f"Python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, "
+            f"numpy {numpy.__version__}"
+        ),
+        "fedprune commit": git_commit(Path(__file__).resolve().parent.parent),
+        "Load average (1 min)": (
+            (f"{load_before:.2f} at the start, " if load_before is not None else "")
+            + f"{load[0]:.2f} at the end"
+        ),
+    }
+    return info
+
+
+# -- framework overhead from phases.csv ------------------------------------------------------
+@dataclass(frozen=True)
+class Overhead:
+    """A run's phase seconds summed over its rounds (``phases.csv``)."""
+
+    label: str
+    rounds: int
+    wall_s: float
+    training_wall_s: float
+    server: dict[str, float]
+    client_decode_s: float
+    client_train_s: float
+    client_encode_s: float
+    client_total_s: float
+
+    @property
+    def not_training(self) -> float:
+        """Share of the rounds' wall time during which no client was training."""
+        return 1 - self.training_wall_s / self.wall_s if self.wall_s else math.nan
+
+    @property
+    def not_training_nor_evaluating(self) -> float:
+        """The same, not counting the server's test-set evaluation (a measurement, not FL)."""
+        busy = self.training_wall_s + self.server.get("evaluate", 0.0)
+        return 1 - busy / self.wall_s if self.wall_s else math.nan
+
+    @property
+    def rest_s(self) -> float:
+        """Wall time neither in local training nor in a timed server phase: clients' decoding and
+        encoding outside others' training, messaging (Flower's serialisation, the SuperLink,
+        Ray), scheduling and waiting."""
+        return self.wall_s - self.training_wall_s - sum(self.server.values())
+
+
+def read_overhead(folder: Path, label: str) -> Overhead | None:
+    """Sum a run's ``phases.csv`` (None when the run has none)."""
+    path = folder / PHASES_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+
+    def total(column: str) -> float:
+        return sum(float(r[column]) for r in rows)
+
+    return Overhead(
+        label=label,
+        rounds=len(rows),
+        wall_s=total("wall_s"),
+        training_wall_s=total("training_wall_s"),
+        server={name: total(f"server_{name}_s") for name in SERVER_PHASES},
+        client_decode_s=total("client_decode_s"),
+        client_train_s=total("client_train_s"),
+        client_encode_s=total("client_encode_s"),
+        client_total_s=total("client_total_s"),
+    )
+
+
+PHASE_LABELS = {
+    "setup": "server: node discovery",
+    "encode": "server: encode models",
+    "accounting": "server: measure bytes",
+    "decode": "server: decode and validate replies",
+    "aggregate": "server: aggregate",
+    "reconfigure": "server: reconfigure mask",
+    "evaluate": "server: evaluate on the test set",
+}
+
+
+def overhead_markdown(overheads: Sequence[Overhead]) -> str:
+    """The per-phase table (shares of the summed round wall time) and one line per run."""
+    if not overheads:
+        return "No run has `phases.csv` (runs written before phases were timed)."
+    head = ["phase (measured)", *[o.label for o in overheads]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cells(seconds: Callable[[Overhead], float]) -> list[str]:
+        return [f"{seconds(o):.1f} s ({seconds(o) / o.wall_s:.1%})" if o.wall_s else "n/a" for o in overheads]
+
+    lines.append(
+        "| local training (wall time with a client training) | "
+        + " | ".join(cells(lambda o: o.training_wall_s))
+        + " |"
+    )
+    for name in SERVER_PHASES:
+        lines.append(f"| {PHASE_LABELS[name]} | " + " | ".join(cells(lambda o, n=name: o.server[n])) + " |")
+    lines.append(
+        "| rest: client decode/encode, messaging, Ray, waiting | "
+        + " | ".join(cells(lambda o: o.rest_s))
+        + " |"
+    )
+    lines.append(
+        "| **round wall time, all rounds** | " + " | ".join(f"{o.wall_s:.1f} s" for o in overheads) + " |"
+    )
+    lines.append(
+        "| **not in local training** | " + " | ".join(f"**{o.not_training:.1%}**" for o in overheads) + " |"
+    )
+    lines.append(
+        "| not in local training nor server evaluation | "
+        + " | ".join(f"{o.not_training_nor_evaluating:.1%}" for o in overheads)
+        + " |"
+    )
+    lines.append(
+        "| clients' own seconds: decode / train / encode (summed over clients) | "
+        + " | ".join(
+            f"{o.client_decode_s:.1f} / {o.client_train_s:.1f} / {o.client_encode_s:.1f} s" for o in overheads
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def scale_markdown(scale: dict) -> str:
+    """The scale measurement (:mod:`simulations.bench_scale`) as a short table."""
+    runs = scale.get("runs", [])
+    lines = [
+        "| clients (sampled per round) | rounds | server peak RSS (measured) | wall time (measured) "
+        "| final accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['clients']} ({r['clients_per_round']}) | {r['rounds']} | {r['peak_rss_mib']:.0f} MiB | "
+            f"{r['wall_s']:.0f} s | {r['final_accuracy']:.4f} |"
+        )
+    if "ratio" in scale:
+        lines.append("")
+        lines.append(
+            f"Peak RSS of the server process with {runs[-1]['clients']} clients is **{scale['ratio']:.2f}x** "
+            f"that with {runs[0]['clients']} (target: at most 2x). Command: `{scale.get('command', '')}`."
+        )
+    return "\n".join(lines)
+
+
+# -- the report ------------------------------------------------------------------------------
+SCALE_FILE = "scale.json"
+
+
+def write_bench_report(
+    report_dir: Path,
+    preset: BenchPreset,
+    folders: Sequence[Path],
+    command: str,
+    env: dict[str, str],
+    notes: Sequence[str] = (),
+) -> Path:
+    """``report.md`` (answer, table, plots, overhead, scale, set-up), ``table.csv`` and plots."""
+    import json
+
+    from simulations.report import load_run, write_report
+
+    runs = [load_run(folder, folder.name) for folder in folders]
+    overheads = [o for o in (read_overhead(f, f.name) for f in folders) if o is not None]
+    sections = [
+        "## Framework overhead\n\n"
+        "Share of the rounds' wall time (rounds 1..R, summed) spent in each phase, **measured** on this "
+        "machine. *Local training* is the wall time during which at least one client was in its local "
+        "SGD loop (the union of the clients' training intervals); server phases are timed exclusively "
+        "on the server; the rest is the clients' decoding and encoding outside others' training, "
+        "Flower's messaging (serialisation, the SuperLink's store, Ray) and waiting. In this simulation "
+        "server and clients share the machine's cores.\n\n" + overhead_markdown(overheads)
+    ]
+    scale_path = report_dir / SCALE_FILE
+    if scale_path.is_file():
+        sections.append("## Scale\n\n" + scale_markdown(json.loads(scale_path.read_text(encoding="utf-8"))))
+    title = f"fedprune bench {preset.name}" + (f": {preset.description}" if preset.description else "")
+    return write_report(
+        report_dir,
+        runs,
+        preset.target,
+        title,
+        command,
+        env,
+        notes=notes,
+        profiles_only=preset.profiles,
+        sections=sections,
+    )
+
+
+# -- the command -----------------------------------------------------------------------------
+def run_bench(
+    preset: BenchPreset,
+    methods: Sequence[str],
+    overrides: Iterable[tuple[str, object]],
+    report_dir: Path,
+    run: Runner,
+    command: str,
+    verbose: bool = False,
+    console: object | None = None,
+) -> Path:
+    """Plan, run (with one progress bar per method) and report; return the report's path."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from server.app import check_fits, preflight
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    shared = shared_setting(preset, overrides)
+    plans = plan_runs(shared, with_baseline(methods), report_dir)
+    for plan in plans:
+        plan.config.check_simulation()
+        layout = preflight(plan.config)
+        if plan.checkpoint is not None:
+            check_fits(plan.checkpoint, plan.config, layout)
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    progress = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,  # type: ignore[arg-type]
+    )
+    tasks = {}
+    for plan in plans:
+        total = plan.config.federation.rounds + 1  # round 0: initial model / initial pruning
+        done = {"reuse": total, "resume": (plan.checkpoint.server_round + 1) if plan.checkpoint else 0}
+        status = {"reuse": "reused", "resume": "resuming", "start": "waiting"}[plan.action]
+        tasks[plan.method] = progress.add_task(
+            plan.method, total=total, completed=done.get(plan.action, 0), status=status
+        )
+
+    def on_start(plan: RunPlan) -> Callable[[RoundRow], None]:
+        task = tasks[plan.method]
+
+        def on_round(row: RoundRow) -> None:
+            accuracy = "n/a" if math.isnan(row.accuracy) else f"{row.accuracy:.4f}"
+            progress.update(
+                task, completed=row.round + 1, status=f"accuracy {accuracy}, density {row.density:.3f}"
+            )
+
+        if plan.action != "reuse":
+            progress.update(task, status="initial round" if plan.action == "start" else "resuming")
+        return on_round
+
+    try:
+        with progress:
+            folders = execute(plans, run, on_start)
+    finally:
+        flwr_logger.setLevel(level)
+    done = {"reuse": "reused from an earlier call", "resume": "resumed from its checkpoint", "start": "run"}
+    notes = ["This call: " + "; ".join(f"`{plan.method}` {done[plan.action]}" for plan in plans) + "."]
+    notes.append(
+        "The machine may have been shared with other jobs while the runs ran; wall times are indicative "
+        "(see the load average)."
+    )
+    return write_bench_report(report_dir, preset, folders, command, environment(load_before), notes)

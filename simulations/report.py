@@ -1,0 +1,433 @@
+"""Benchmark reports: one table, four plots and a Markdown page from results folders.
+
+Everything here reads finished (or partly finished) results folders written by the
+ServerApp (``rounds.csv``, ``layers.csv``, ``communication.csv``, ``summary.json``,
+``config.toml``) and never re-runs anything. Figures are labelled by origin:
+
+* **measured**: accuracy, density, bytes (serialised messages), wall-clock seconds;
+* **modelled**: PruneFL's round time T = E (t0 + sum_l comp_l |M_l|) + bytes / bandwidth,
+  re-computed per round for every device profile that has timings for the model,
+  from the per-layer kept counts (``layers.csv``) and the largest measured per-client
+  training traffic of the round (``communication.csv``).
+
+Re-modelling under a profile other than the run's own keeps the run's masks: a
+method whose masks depend on the cost model (PruneFL) chose them under the run's
+profile, which the table says.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import AppConfig, load_config
+from common.cost_model import DeviceProfile, ProfileError, bundled_profiles, load_profile
+from common.data import DATASETS
+from common.layout import ModelLayout
+from common.models import build_model
+
+
+@dataclass
+class RunRecord:
+    """One results folder, read back."""
+
+    label: str
+    folder: Path
+    config: AppConfig
+    rows: list[dict[str, str]]
+    layers: list[dict[str, str]]
+    summary: dict
+    train_bytes: dict[int, list[int]] = field(default_factory=dict)  # round -> per-node bytes
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r[name] != "" else math.nan for r in self.rows])
+
+    @property
+    def rounds(self) -> np.ndarray:
+        return self.column("round").astype(int)
+
+    def cumulative_bytes(self) -> np.ndarray:
+        return np.cumsum(self.column("bytes_down") + self.column("bytes_up"))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_run(folder: Path, label: str | None = None) -> RunRecord:
+    """Read a results folder; a run still in progress has no summary yet."""
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    train_bytes: dict[int, list[int]] = defaultdict(list)
+    per_node: dict[tuple[int, str], int] = defaultdict(int)
+    for row in _read_csv(folder / "communication.csv"):
+        if row["phase"] == "train":
+            per_node[(int(row["round"]), row["node_id"])] += int(row["bytes"])
+    for (server_round, _), total in per_node.items():
+        train_bytes[server_round].append(total)
+    config = load_config(folder / "config.toml")
+    return RunRecord(
+        label=label or config.pruning.method,
+        folder=folder,
+        config=config,
+        rows=_read_csv(folder / "rounds.csv"),
+        layers=_read_csv(folder / "layers.csv"),
+        summary=summary,
+        train_bytes=dict(train_bytes),
+    )
+
+
+def first_reaching(run: RunRecord, target: float) -> int | None:
+    """Index (into ``run.rows``) of the first round whose accuracy reaches ``target``."""
+    accuracy = run.column("accuracy")
+    hits = np.flatnonzero(np.nan_to_num(accuracy, nan=-1.0) >= target)
+    return int(hits[0]) if len(hits) else None
+
+
+def profiles_for(model_name: str, layout: ModelLayout) -> list[DeviceProfile]:
+    """The bundled device profiles that have timings for ``model_name``."""
+    usable = []
+    for name in bundled_profiles():
+        profile = load_profile(name)
+        try:
+            profile.timing(model_name, layout)
+        except ProfileError:
+            continue
+        usable.append(profile)
+    return usable
+
+
+def layout_of(config: AppConfig) -> ModelLayout:
+    source = DATASETS[config.data.dataset]
+    return ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
+
+
+def modelled_times(run: RunRecord, profile: DeviceProfile, layout: ModelLayout) -> np.ndarray:
+    """Modelled seconds of every round of ``run`` under ``profile`` (round 0: initial pruning).
+
+    Round r trains under the mask in force after round r - 1 (``layers.csv`` row
+    r - 1); it lasts E modelled iterations plus the largest per-client training
+    traffic of the round over the profile's link. Under the run's own profile,
+    round 0 is the recorded initial-pruning time; under another, its compute is
+    re-modelled at the initial mask (iterations from ``initial_pruning.json``).
+    """
+    timing = profile.timing(run.config.model.name, layout)
+    comp = np.array([timing.per_weight[t.name] for t in layout.prunable])
+    steps = run.config.train.local_steps
+    bandwidth = run.config.cost.link_bandwidth or profile.bandwidth
+    kept = {int(r["round"]): np.array([float(r[t.name]) for t in layout.prunable]) for r in run.layers}
+    own = run.config.cost.profile == profile.name
+    times = []
+    for server_round in run.rounds:
+        if server_round == 0:
+            if own:
+                times.append(float(run.rows[0]["modelled_round_time_s"]))
+                continue
+            ip_file = run.folder / "initial_pruning.json"
+            iterations = json.loads(ip_file.read_text())["iterations"] if ip_file.is_file() else 0
+            initial = kept.get(0, np.zeros(len(comp)))
+            times.append(iterations * (timing.t0 + float(comp @ initial)))
+            continue
+        in_force = kept.get(server_round - 1, kept.get(0, np.zeros(len(comp))))
+        traffic = max(run.train_bytes.get(server_round, [0]))
+        times.append(steps * (timing.t0 + float(comp @ in_force)) + traffic / bandwidth)
+    return np.array(times)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    label: str
+    complete: bool
+    rounds: int
+    final_accuracy: float
+    final_density: float
+    bytes_down: int
+    bytes_up: int
+    bytes_to_target: float
+    rounds_to_target: float
+    modelled_to_target: dict[str, float]  # profile name -> modelled seconds (nan if never)
+    modelled_total: dict[str, float]
+    wall_time_s: float
+
+
+def table_rows(
+    runs: Sequence[RunRecord], target: float, only: Sequence[str] = ()
+) -> tuple[list[TableRow], list[str]]:
+    """One row per run, and the names of the profiles the modelled columns use.
+
+    ``only`` restricts the modelled columns to these profiles (default: every
+    bundled profile with timings for the run's model).
+    """
+    layouts = {id(run): layout_of(run.config) for run in runs}
+    names: list[str] = []
+    per_run_profiles = {}
+    for run in runs:
+        usable = profiles_for(run.config.model.name, layouts[id(run)])
+        if only:
+            usable = [p for p in usable if p.name in only]
+        per_run_profiles[id(run)] = usable
+        names += [p.name for p in usable if p.name not in names]
+    out = []
+    for run in runs:
+        hit = first_reaching(run, target)
+        cumulative = run.cumulative_bytes()
+        to_target, total = {}, {}
+        for profile in per_run_profiles[id(run)]:
+            elapsed = np.cumsum(modelled_times(run, profile, layouts[id(run)]))
+            to_target[profile.name] = float(elapsed[hit]) if hit is not None else math.nan
+            total[profile.name] = float(elapsed[-1]) if len(elapsed) else math.nan
+        accuracy = run.column("accuracy")
+        evaluated = accuracy[~np.isnan(accuracy)]
+        out.append(
+            TableRow(
+                label=run.label,
+                complete=run.complete,
+                rounds=int(run.rounds[-1]) if len(run.rows) else 0,
+                final_accuracy=float(evaluated[-1]) if len(evaluated) else math.nan,
+                final_density=float(run.column("density")[-1]) if len(run.rows) else math.nan,
+                bytes_down=int(np.sum(run.column("bytes_down"))),
+                bytes_up=int(np.sum(run.column("bytes_up"))),
+                bytes_to_target=float(cumulative[hit]) if hit is not None else math.nan,
+                rounds_to_target=float(run.rounds[hit]) if hit is not None else math.nan,
+                modelled_to_target=to_target,
+                modelled_total=total,
+                wall_time_s=float(run.column("elapsed_s")[-1]) if len(run.rows) else math.nan,
+            )
+        )
+    return out, names
+
+
+# -- formatting ----------------------------------------------------------------------------
+def _mb(n: float) -> str:
+    return "never" if math.isnan(n) else f"{n / 1e6:.2f} MB"
+
+
+def _seconds(s: float) -> str:
+    if math.isnan(s):
+        return "never"
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s:.0f} s"
+
+
+def markdown_table(rows: Sequence[TableRow], profiles: Sequence[str], target: float) -> str:
+    """The results table in Markdown; modelled columns are marked as such."""
+    head = [
+        "method",
+        "rounds",
+        "final accuracy (measured)",
+        "final density (measured)",
+        "bytes down + up (measured)",
+        f"bytes to {target:.0%} (measured)",
+        f"rounds to {target:.0%} (measured)",
+        *[f"time to {target:.0%}, {p} (modelled)" for p in profiles],
+        "wall time (measured)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r.label + ("" if r.complete else " (incomplete)"),
+            str(r.rounds),
+            f"{r.final_accuracy:.4f}",
+            f"{r.final_density:.4f}",
+            f"{_mb(r.bytes_down + r.bytes_up)} ({_mb(r.bytes_down)} + {_mb(r.bytes_up)})",
+            _mb(r.bytes_to_target),
+            "never" if math.isnan(r.rounds_to_target) else str(int(r.rounds_to_target)),
+            *[_seconds(r.modelled_to_target.get(p, math.nan)) for p in profiles],
+            _seconds(r.wall_time_s),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_table_csv(path: Path, rows: Sequence[TableRow], profiles: Sequence[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "method",
+                "complete",
+                "rounds",
+                "final_accuracy",
+                "final_density",
+                "bytes_down",
+                "bytes_up",
+                "bytes_to_target",
+                "rounds_to_target",
+                *[f"modelled_s_to_target[{p}]" for p in profiles],
+                *[f"modelled_s_total[{p}]" for p in profiles],
+                "wall_time_s",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.label,
+                    int(r.complete),
+                    r.rounds,
+                    r.final_accuracy,
+                    r.final_density,
+                    r.bytes_down,
+                    r.bytes_up,
+                    r.bytes_to_target,
+                    r.rounds_to_target,
+                    *[r.modelled_to_target.get(p, math.nan) for p in profiles],
+                    *[r.modelled_total.get(p, math.nan) for p in profiles],
+                    r.wall_time_s,
+                ]
+            )
+
+
+# -- plots ---------------------------------------------------------------------------------
+def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile: str | None) -> list[Path]:
+    """Accuracy against cumulative bytes and modelled time; density and bytes per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def finish(fig, ax, name: str, xlabel: str, ylabel: str, log_x: bool = False) -> None:  # type: ignore[no-untyped-def]
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+
+    def evaluated(run: RunRecord, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The points of rounds with an accuracy (evaluate.every > 1 leaves gaps)."""
+        accuracy = run.column("accuracy")
+        keep = ~np.isnan(accuracy)
+        return x[keep], accuracy[keep]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        ax.plot(*evaluated(run, run.cumulative_bytes() / 1e6), label=run.label)
+    ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    finish(fig, ax, "accuracy_vs_bytes.png", "cumulative bytes, MB (measured)", "test accuracy", log_x=True)
+
+    if profile is not None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for run in runs:
+            usable = {p.name: p for p in profiles_for(run.config.model.name, layout_of(run.config))}
+            if profile in usable:
+                elapsed = np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))
+                ax.plot(*evaluated(run, elapsed / 3600), label=run.label)
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        finish(fig, ax, "accuracy_vs_modelled_time.png", f"modelled time, h ({profile})", "test accuracy")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        ax.plot(run.rounds, run.column("density"), label=run.label)
+    finish(fig, ax, "density_per_round.png", "round", "density (kept fraction of prunable weights)")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        ax.plot(run.rounds, (run.column("bytes_down") + run.column("bytes_up")) / 1e3, label=run.label)
+    finish(fig, ax, "bytes_per_round.png", "round", "bytes per round, kB (measured, down + up)")
+    return paths
+
+
+# -- the report ------------------------------------------------------------------------------
+def answer(rows: Sequence[TableRow], profile: str | None, target: float, baseline: str = "none") -> str:
+    """One sentence per method: its bytes and modelled time to the target against dense FedAvg."""
+    base = next((r for r in rows if r.label == baseline), None)
+    sentences = []
+    for r in rows:
+        if r.label == baseline:
+            continue
+        if math.isnan(r.bytes_to_target):
+            sentences.append(
+                f"**{r.label}** did not reach {target:.0%} test accuracy in {r.rounds} rounds "
+                f"(final accuracy {r.final_accuracy:.4f}, density {r.final_density:.3f})."
+            )
+            continue
+        parts = [f"**{r.label}** reached {target:.0%} test accuracy in round {int(r.rounds_to_target)}"]
+        if base is not None and not math.isnan(base.bytes_to_target):
+            parts.append(f"with {r.bytes_to_target / base.bytes_to_target:.2f}x the bytes of dense FedAvg")
+            if profile and not math.isnan(base.modelled_to_target.get(profile, math.nan)):
+                ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target[profile]
+                parts.append(f"in {ratio:.2f}x its modelled time ({profile})")
+        elif base is not None:
+            parts.append(f"while dense FedAvg did not within {base.rounds} rounds")
+        sentences.append(
+            ", ".join(parts) + f"; final accuracy {r.final_accuracy:.4f} at density {r.final_density:.3f}."
+        )
+    return " ".join(sentences)
+
+
+def write_report(
+    folder: Path,
+    runs: Sequence[RunRecord],
+    target: float,
+    title: str,
+    command: str,
+    environment: dict[str, str],
+    notes: Sequence[str] = (),
+    profiles_only: Sequence[str] = (),
+    sections: Sequence[str] = (),
+) -> Path:
+    """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path.
+
+    ``sections`` are further Markdown sections, placed after the plots.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, profiles = table_rows(runs, target, profiles_only)
+    main_profile = runs[0].config.cost.profile if runs else None
+    if main_profile not in profiles:
+        main_profile = profiles[0] if profiles else None
+    write_table_csv(folder / "table.csv", rows, profiles)
+    plots = write_plots(folder / "plots", runs, target, main_profile)
+    seeds = sorted({run.config.federation.seed for run in runs})
+    lines = [
+        f"# {title}",
+        "",
+        answer(rows, main_profile, target),
+        "",
+        markdown_table(rows, profiles, target),
+        "",
+        "**Measured**: accuracy (server-held test set), density, bytes (serialised Flower messages, "
+        "down + up, every message of the run including set-up and initial pruning), wall time. "
+        "**Modelled**: time, by PruneFL's cost model T = E (t0 + sum_l comp_l |M_l|) + bytes / bandwidth "
+        "with the device profile named in the column (re-modelled per round from the measured bytes "
+        "and the masks in force); masks were chosen under each run's own profile "
+        f"(`{main_profile}`).",
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],
+        "",
+        *[section + "\n" for section in sections],
+        "## Set-up",
+        "",
+        f"- Command: `{command}`",
+        f"- Seeds: {', '.join(map(str, seeds))}; same data, partitions, sampling for every method.",
+        f"- Target accuracy: {target:.0%}.",
+        *[f"- {key}: {value}" for key, value in environment.items()],
+        *[f"- Run `{run.label}`: `{run.folder}`" for run in runs],
+        *[f"- {note}" for note in notes],
+        "",
+    ]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

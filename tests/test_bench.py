@@ -1,0 +1,291 @@
+"""The benchmark: report figures from hand-made results folders, per-round files of real
+(in-process) runs, and bench's reuse and resume of runs folders."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import MetricRecord
+
+from client.app import app as client_app
+from common import keys
+from common.config import AppConfig, load_config
+from server.app import run_federation
+from server.phases import ClientPhases, PhaseClock, round_phases, union_length
+from server.results import config_toml, read_rounds
+from server.validation import RejectedReply, client_phases
+from simulations.bench import (
+    BenchError,
+    BenchPreset,
+    method_config,
+    plan_runs,
+    read_overhead,
+    run_bench,
+)
+from simulations.report import load_run, table_rows, write_report
+from tests.inprocess_grid import InProcessGrid
+
+# -- report.py on a hand-made results folder --------------------------------------------------
+# Raspberry-Pi-class profile, Conv-2 (PruneFL's published figures, common/profiles)
+T0, COMP = 1.2492789765, {"conv1.weight": 0.0, "conv2.weight": 7.098850e-6, "fc1.weight": 1.927325e-7}
+COMP["fc2.weight"] = 1.782308e-7
+LINK = 1438432.0
+STEPS = 5
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def hand_made_run(folder: Path, method: str, accuracies: list[str], summary: bool = True) -> Path:
+    """A results folder of 3 rounds: rounds.csv, layers.csv, communication.csv, config.toml."""
+    folder.mkdir(parents=True)
+    config = load_config(
+        None,
+        [
+            "data.dataset=femnist",
+            "model.name=conv2",
+            f"train.local-steps={STEPS}",
+            "cost.profile=raspberry-pi-4-class",
+            f"pruning.method={method}",
+            "federation.rounds=3",
+        ],
+    )
+    (folder / "config.toml").write_text(config_toml(config.to_flat()))
+    write_csv(
+        folder / "rounds.csv",
+        ["round", "accuracy", "density", "bytes_down", "bytes_up", "modelled_round_time_s", "elapsed_s"],
+        [
+            [0, accuracies[0], 0.5, 1000, 2000, 12.5, 3.0],
+            [1, accuracies[1], 0.5, 200000, 100000, 0, 4.0],
+            [2, accuracies[2], 0.6, 300000, 150000, 0, 5.0],
+            [3, accuracies[3], 0.6, 400000, 200000, 0, 6.0],
+        ],
+    )
+    names = list(COMP)
+    write_csv(
+        folder / "layers.csv",
+        ["round", *names],
+        [
+            [0, 500, 10000, 100000, 1000],
+            [1, 500, 10000, 100000, 1000],
+            [2, 600, 20000, 200000, 2000],
+            [3, 600, 20000, 200000, 2000],
+        ],
+    )
+    # per node and round: train bytes down + up (the slowest node sets the round's transfer)
+    traffic = {
+        1: {11: (100000, 50000), 12: (100000, 20000)},
+        2: {11: (150000, 75000)},
+        3: {12: (200000, 100000)},
+    }
+    rows = [[0, "setup", "down", 11, 0, 3000]]
+    for server_round, nodes in traffic.items():
+        for node, (down, up) in nodes.items():
+            rows += [
+                [server_round, "train", "down", node, 0, down],
+                [server_round, "train", "up", node, 0, up],
+            ]
+    write_csv(
+        folder / "communication.csv",
+        ["round", "phase", "direction", "node_id", "partition_id", "bytes"],
+        rows,
+    )
+    if summary:
+        (folder / "summary.json").write_text('{"rounds": 3}')
+    return folder
+
+
+def compute(kept: dict[str, int]) -> float:
+    return STEPS * (T0 + sum(COMP[name] * k for name, k in kept.items()))
+
+
+def test_report_figures_match_a_hand_computed_run(tmp_path):
+    run = load_run(hand_made_run(tmp_path / "prunefl", "prunefl", ["0.1", "0.5", "", "0.75"]))
+    base = load_run(hand_made_run(tmp_path / "none", "none", ["0.1", "0.2", "0.3", "0.4"], summary=False))
+    rows, profiles = table_rows([base, run], 0.7, only=["raspberry-pi-4-class"])
+    assert profiles == ["raspberry-pi-4-class"]
+    dense, pruned = rows
+    small = {"conv1.weight": 500, "conv2.weight": 10000, "fc1.weight": 100000, "fc2.weight": 1000}
+    large = {"conv1.weight": 600, "conv2.weight": 20000, "fc1.weight": 200000, "fc2.weight": 2000}
+    # round r trains under the mask after round r - 1, plus its slowest node's bytes over the link
+    expected = [
+        12.5,  # round 0: the run's own profile, as recorded
+        compute(small) + 150000 / LINK,
+        compute(small) + 225000 / LINK,
+        compute(large) + 300000 / LINK,
+    ]
+    assert pruned.modelled_to_target["raspberry-pi-4-class"] == pytest.approx(sum(expected), rel=1e-12)
+    assert pruned.bytes_to_target == 3000 + 300000 + 450000 + 600000
+    assert pruned.rounds_to_target == 3
+    assert pruned.final_accuracy == 0.75 and pruned.final_density == 0.6
+    assert (pruned.bytes_down, pruned.bytes_up) == (901000, 452000)
+    assert pruned.complete and not dense.complete
+    assert math.isnan(dense.bytes_to_target) and math.isnan(dense.modelled_to_target["raspberry-pi-4-class"])
+    path = write_report(tmp_path / "report", [base, run], 0.7, "bench", "fedprune bench x", {"CPU": "test"})
+    text = path.read_text()
+    assert text.startswith("# bench\n\n**prunefl** reached 70% test accuracy in round 3")
+    assert "while dense FedAvg did not within 3 rounds" in text
+    assert "| none (incomplete) |" in text and "(modelled)" in text and "(measured)" in text
+    assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {
+        "accuracy_vs_bytes.png",
+        "accuracy_vs_modelled_time.png",
+        "density_per_round.png",
+        "bytes_per_round.png",
+    }
+    with (tmp_path / "report" / "table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert float(table[1]["bytes_to_target"]) == 1353000
+
+
+# -- phases ------------------------------------------------------------------------------------
+def test_union_of_intervals_counts_overlaps_once():
+    assert union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
+    assert union_length([]) == 0
+
+
+def test_phase_clock_times_nested_phases_exclusively():
+    clock = PhaseClock()
+    with clock.phase("decode"):
+        with clock.phase("accounting"):
+            pass
+    total = sum(clock.seconds.values())
+    assert set(clock.seconds) == {"decode", "accounting"} and total >= 0
+    row = round_phases(
+        1,
+        10.0,
+        {"decode": 1.0, "evaluate": 2.0},
+        [ClientPhases(0.1, 3.0, 0.2, 3.5, 100.0, 103.0), ClientPhases(0.1, 2.0, 0.2, 2.5, 102.0, 104.0)],
+    )
+    assert row.training_wall_s == 4.0 and row.client_train_s == 5.0 and row.server_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("metrics", "kind"),
+    [
+        ({keys.PHASE_TRAIN_S: 1.0}, "missing"),
+        (
+            {
+                keys.PHASE_DECODE_S: -1.0,
+                keys.PHASE_TRAIN_S: 1.0,
+                keys.PHASE_ENCODE_S: 0.0,
+                keys.PHASE_TRAIN_START: 5.0,
+                keys.PHASE_TRAIN_END: 6.0,
+            },
+            "bad-metric",
+        ),
+        (
+            {
+                keys.PHASE_DECODE_S: 0.0,
+                keys.PHASE_TRAIN_S: 1.0,
+                keys.PHASE_ENCODE_S: 0.0,
+                keys.PHASE_TRAIN_START: 5.0,
+                keys.PHASE_TRAIN_END: 4.0,
+            },
+            "bad-metric",
+        ),
+    ],
+)
+def test_bad_phase_timings_are_rejected(metrics, kind):
+    with pytest.raises(RejectedReply) as caught:
+        client_phases(MetricRecord(metrics))
+    assert caught.value.kind == kind
+
+
+def test_a_reply_without_phase_timings_is_accepted():
+    assert client_phases(MetricRecord({keys.TRAIN_LOSS: 1.0})) is None
+
+
+# -- real runs, in process ---------------------------------------------------------------------
+FAST = [
+    "simulation.num-clients=3",
+    "train.local-steps=2",
+    "pruning.prunefl.initial-pruning=off",
+    "pruning.prunefl.reconfig-interval=2",
+    "output.checkpoint-every=1",
+]
+
+
+def in_process(config: AppConfig, checkpoint=None, on_round=None):
+    return run_federation(
+        InProcessGrid(client_app, config.simulation.num_clients), config, checkpoint, on_round
+    )
+
+
+def test_layers_and_phases_files_of_a_run(tmp_path):
+    config = load_config(None, [*FAST, "federation.rounds=3", f"output.dir={tmp_path}", "output.name=run"])
+    seen = []
+    summary = in_process(config, on_round=lambda row: seen.append(row.round))
+    folder = Path(summary.results_dir)
+    assert seen == [0, 1, 2, 3]
+    with (folder / "layers.csv").open() as f:
+        layers = list(csv.DictReader(f))
+    rounds = read_rounds(folder)
+    names = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    assert [int(r["round"]) for r in layers] == [0, 1, 2, 3]
+    assert list(layers[0]) == ["round", *names]
+    with np.load(folder / "mask.npz", allow_pickle=False) as masks:
+        sizes = {name: masks[name].size for name in names}
+        assert [int(layers[-1][n]) for n in names] == [int(masks[n].sum()) for n in names]
+    for layer_row, round_row in zip(layers, rounds, strict=True):
+        kept = sum(int(layer_row[n]) for n in names)
+        assert kept / sum(sizes.values()) == pytest.approx(float(round_row["density"]), abs=1e-6)
+    assert [int(layers[0][n]) for n in names] == [sizes[n] for n in names]  # dense until round 2
+    assert int(rounds[2]["reconfigured"]) == 1
+    overhead = read_overhead(folder, "prunefl")
+    assert overhead is not None and overhead.rounds == 3
+    assert 0 < overhead.training_wall_s <= overhead.wall_s and overhead.client_train_s > 0
+    with (folder / "phases.csv").open() as f:
+        assert [int(r["clients"]) for r in csv.DictReader(f)] == [3, 3, 3]
+
+
+def bench_preset(rounds: int) -> BenchPreset:
+    overrides = {k: v for k, v in (item.split("=", 1) for item in FAST)}
+    overrides = {k: int(v) if v.isdigit() else v for k, v in overrides.items()}
+    return BenchPreset(name="tiny", overrides={**overrides, "federation.rounds": rounds}, target=0.5)
+
+
+def test_bench_runs_reuses_and_resumes_its_runs(tmp_path):
+    calls = []
+
+    def runner(config, checkpoint, on_round):
+        calls.append((config.pruning.method, checkpoint.server_round if checkpoint else None))
+        return in_process(config, checkpoint, on_round)
+
+    report = run_bench(bench_preset(2), ["prunefl"], [], tmp_path, runner, "fedprune bench tiny")
+    assert calls == [("none", None), ("prunefl", None)]
+    text = report.read_text()
+    assert "## Framework overhead" in text and "fedprune bench tiny" in text
+    none_rounds = read_rounds(tmp_path / "runs" / "none")
+    prunefl_rounds = read_rounds(tmp_path / "runs" / "prunefl")
+    # same data, partitions, initialisation and batches: identical until PruneFL's first reconfiguration
+    assert none_rounds[1]["accuracy"] == prunefl_rounds[1]["accuracy"]
+
+    calls.clear()
+    run_bench(bench_preset(2), ["prunefl"], [], tmp_path, runner, "again")
+    assert calls == []  # both finished runs reused
+
+    (tmp_path / "runs" / "prunefl" / "summary.json").unlink()  # as if killed after its last checkpoint
+    run_bench(bench_preset(2), ["prunefl"], [], tmp_path, runner, "again")
+    assert calls == [("prunefl", 2)]
+    assert (tmp_path / "runs" / "prunefl" / "summary.json").is_file()
+    assert len(read_rounds(tmp_path / "runs" / "prunefl")) == 3
+
+    with pytest.raises(BenchError, match="federation.rounds"):
+        plan_runs({**bench_preset(3).overrides}, ["none"], tmp_path)
+
+
+def test_other_methods_settings_are_dropped(tmp_path):
+    shared = {"pruning.prunefl.reconfig-interval": 2, "pruning.magnitude.target-density": 0.2}
+    none = method_config(shared, "none", tmp_path)
+    magnitude = method_config(shared, "magnitude", tmp_path)
+    assert "pruning.prunefl.reconfig-interval" not in none.to_flat()
+    assert magnitude.to_flat()["pruning.magnitude.target-density"] == 0.2
+    assert none.output.name == "none" and Path(none.output.dir) == tmp_path
