@@ -355,7 +355,7 @@ def profile(
 
     Times the client's real local SGD steps (model.name, train.batch-size, train.loss)
     under masks of several densities, fits PruneFL's linear model t = t0 + sum_l
-    comp_l |M_l| and writes [models.<model.name>] into OUTPUT, keeping the other
+    comp_l |M_l| and writes the table models.<model.name> into OUTPUT, keeping the other
     models already there; does the same with dense models of fewer channels per
     layer (widths, for structured pruning) where the model allows. Pass the file
     as cost.profile to the server.
