@@ -526,7 +526,7 @@ def run_bench(
         done = {"reuse": total, "resume": (plan.checkpoint.server_round + 1) if plan.checkpoint else 0}
         status = {"reuse": "reused", "resume": "resuming", "start": "waiting"}[plan.action]
         tasks[plan.method] = progress.add_task(
-            plan.method, total=total, completed=done.get(plan.action, 0), status=status
+            plan.method, total=total, completed=done.get(plan.action, 0), status=status, start=False
         )
 
     def on_start(plan: RunPlan) -> Callable[[RoundRow], None]:
@@ -539,7 +539,8 @@ def run_bench(
             )
 
         if plan.action != "reuse":
-            progress.update(task, status="initial round" if plan.action == "start" else "resuming")
+            progress.start_task(task)  # its clock starts with its run
+            progress.update(task, status="round 0" if plan.action == "start" else "resuming")
         return on_round
 
     try:

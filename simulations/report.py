@@ -161,6 +161,7 @@ class TableRow:
     rounds_to_target: float
     modelled_to_target: dict[str, float]  # profile name -> modelled seconds (nan if never)
     modelled_total: dict[str, float]
+    modelled_round0: dict[str, float]  # initial pruning's share of the modelled time
     wall_time_s: float
 
 
@@ -185,11 +186,12 @@ def table_rows(
     for run in runs:
         hit = first_reaching(run, target)
         cumulative = run.cumulative_bytes()
-        to_target, total = {}, {}
+        to_target, total, round0 = {}, {}, {}
         for profile in per_run_profiles[id(run)]:
             elapsed = np.cumsum(modelled_times(run, profile, layouts[id(run)]))
             to_target[profile.name] = float(elapsed[hit]) if hit is not None else math.nan
             total[profile.name] = float(elapsed[-1]) if len(elapsed) else math.nan
+            round0[profile.name] = float(elapsed[0]) if len(elapsed) else math.nan
         accuracy = run.column("accuracy")
         evaluated = accuracy[~np.isnan(accuracy)]
         out.append(
@@ -205,6 +207,7 @@ def table_rows(
                 rounds_to_target=float(run.rounds[hit]) if hit is not None else math.nan,
                 modelled_to_target=to_target,
                 modelled_total=total,
+                modelled_round0=round0,
                 wall_time_s=float(run.column("elapsed_s")[-1]) if len(run.rows) else math.nan,
             )
         )
@@ -367,7 +370,12 @@ def answer(rows: Sequence[TableRow], profile: str | None, target: float, baselin
             parts.append(f"with {r.bytes_to_target / base.bytes_to_target:.2f}x the bytes of dense FedAvg")
             if profile and not math.isnan(base.modelled_to_target.get(profile, math.nan)):
                 ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target[profile]
-                parts.append(f"in {ratio:.2f}x its modelled time ({profile})")
+                initial = r.modelled_round0.get(profile, 0.0)
+                parts.append(
+                    f"in {ratio:.2f}x its modelled time ({profile}"
+                    + (f"; initial pruning is {_seconds(initial)} of it" if initial > 0 else "")
+                    + ")"
+                )
         elif base is not None:
             parts.append(f"while dense FedAvg did not within {base.rounds} rounds")
         sentences.append(
