@@ -313,6 +313,7 @@ class Overhead:
     wall_s: float
     training_wall_s: float
     server: dict[str, float]
+    client_prepare_s: float
     client_decode_s: float
     client_train_s: float
     client_encode_s: float
@@ -356,6 +357,7 @@ def read_overhead(folder: Path, label: str) -> Overhead | None:
         wall_s=total("wall_s"),
         training_wall_s=total("training_wall_s"),
         server={name: total(f"server_{name}_s") for name in SERVER_PHASES},
+        client_prepare_s=total("client_prepare_s") if "client_prepare_s" in rows[0] else 0.0,
         client_decode_s=total("client_decode_s"),
         client_train_s=total("client_train_s"),
         client_encode_s=total("client_encode_s"),
@@ -392,7 +394,7 @@ def overhead_markdown(overheads: Sequence[Overhead]) -> str:
     for name in SERVER_PHASES:
         lines.append(f"| {PHASE_LABELS[name]} | " + " | ".join(cells(lambda o, n=name: o.server[n])) + " |")
     lines.append(
-        "| rest: client decode/encode, messaging, Ray, waiting | "
+        "| rest: client prepare/decode/encode, messaging, Ray, waiting | "
         + " | ".join(cells(lambda o: o.rest_s))
         + " |"
     )
@@ -408,9 +410,11 @@ def overhead_markdown(overheads: Sequence[Overhead]) -> str:
         + " |"
     )
     lines.append(
-        "| clients' own seconds: decode / train / encode (summed over clients) | "
+        "| clients' own seconds: prepare / decode / train / encode (summed over clients) | "
         + " | ".join(
-            f"{o.client_decode_s:.1f} / {o.client_train_s:.1f} / {o.client_encode_s:.1f} s" for o in overheads
+            f"{o.client_prepare_s:.1f} / {o.client_decode_s:.1f} / {o.client_train_s:.1f} / "
+            f"{o.client_encode_s:.1f} s"
+            for o in overheads
         )
         + " |"
     )
@@ -463,7 +467,8 @@ def write_bench_report(
         "Share of the rounds' wall time (rounds 1..R, summed) spent in each phase, **measured** on this "
         "machine. *Local training* is the wall time during which at least one client was in its local "
         "SGD loop (the union of the clients' training intervals); server phases are timed exclusively "
-        "on the server; the rest is the clients' decoding and encoding outside others' training, "
+        "on the server; the rest is the clients' preparing (task, data, model), decoding and encoding "
+        "outside others' training, "
         "Flower's messaging (serialisation, the SuperLink's store, Ray) and waiting. In this simulation "
         "server and clients share the machine's cores.\n\n" + overhead_markdown(overheads)
     ]

@@ -162,7 +162,10 @@ def test_phase_clock_times_nested_phases_exclusively():
         1,
         10.0,
         {"decode": 1.0, "evaluate": 2.0},
-        [ClientPhases(0.1, 3.0, 0.2, 3.5, 100.0, 103.0), ClientPhases(0.1, 2.0, 0.2, 2.5, 102.0, 104.0)],
+        [
+            ClientPhases(0.1, 0.1, 3.0, 0.2, 3.6, 100.0, 103.0),
+            ClientPhases(0.0, 0.1, 2.0, 0.2, 2.5, 102.0, 104.0),
+        ],
     )
     assert row.training_wall_s == 4.0 and row.client_train_s == 5.0 and row.server_s == 3.0
 
@@ -173,6 +176,7 @@ def test_phase_clock_times_nested_phases_exclusively():
         ({keys.PHASE_TRAIN_S: 1.0}, "missing"),
         (
             {
+                keys.PHASE_PREPARE_S: 0.0,
                 keys.PHASE_DECODE_S: -1.0,
                 keys.PHASE_TRAIN_S: 1.0,
                 keys.PHASE_ENCODE_S: 0.0,
@@ -183,6 +187,7 @@ def test_phase_clock_times_nested_phases_exclusively():
         ),
         (
             {
+                keys.PHASE_PREPARE_S: 0.0,
                 keys.PHASE_DECODE_S: 0.0,
                 keys.PHASE_TRAIN_S: 1.0,
                 keys.PHASE_ENCODE_S: 0.0,
