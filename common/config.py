@@ -402,12 +402,33 @@ def read_preset(path: Path) -> dict[str, object]:
     return flatten(table)
 
 
+def with_method(flat: Mapping[str, object], method: str) -> dict[str, object]:
+    """``flat`` with ``pruning.method = method`` and without the other methods' settings.
+
+    A preset may tune the method it names (``pruning.prunefl.reconfig-interval = 50``);
+    choosing another method for it (``--set pruning.method=none``, a comparison, a
+    benchmark) drops those settings rather than refusing them as contradictions:
+    they were the preset's, not the user's.
+    """
+    own = f"pruning.{method}."
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not (k.count(".") >= 2 and k.startswith("pruning.")) or k.startswith(own)
+    }
+    kept["pruning.method"] = method
+    return kept
+
+
 def load_config(preset: Path | None = None, overrides: list[str] | None = None) -> AppConfig:
-    """Defaults, then a preset file, then ``key=value`` overrides, validated once."""
-    flat: dict[str, object] = {}
-    if preset is not None:
-        flat.update(read_preset(preset))
-    for text in overrides or []:
-        key, value = parse_override(text)
-        flat[key] = value
+    """Defaults, then a preset file, then ``key=value`` overrides, validated once.
+
+    An override of ``pruning.method`` sets aside the preset's settings of other
+    methods (see :func:`with_method`); overrides themselves are never dropped.
+    """
+    flat: dict[str, object] = dict(read_preset(preset)) if preset is not None else {}
+    given = dict(parse_override(text) for text in overrides or [])
+    if "pruning.method" in given:
+        flat = with_method(flat, str(given["pruning.method"]))
+    flat.update(given)
     return AppConfig.from_flat(flat)

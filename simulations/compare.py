@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import AppConfig, read_preset
+from common.config import AppConfig, read_preset, with_method
 from common.data import DATASETS
 from common.flops import client_step_flops
 from common.layout import ModelLayout
@@ -69,10 +69,10 @@ def method_configs(
     """One validated configuration per method, identical but for the method and its table."""
     configs = []
     for method in methods:
-        flat = dict(base)
+        flat = with_method(base, method)  # each method keeps only its own settings of the base
         if use_presets:
             flat.update({k: v for k, v in preset_method_keys(method).items() if k not in base})
-        flat.update({"pruning.method": method, "output.dir": str(output_dir), "output.name": method})
+        flat.update({"output.dir": str(output_dir), "output.name": method})
         configs.append(AppConfig.from_flat(flat))
     return configs
 

@@ -70,3 +70,19 @@ def test_simulation_checks():
         load_config(None, ["federation.min-clients=5", "simulation.num-clients=3"]).check_simulation()
     with pytest.raises(ConfigError, match="ip-client"):
         load_config(None, ["pruning.prunefl.ip-client=10"]).check_simulation()
+
+
+def test_choosing_another_method_sets_aside_the_presets_settings_of_its_method(tmp_path):
+    preset = tmp_path / "preset.toml"
+    preset.write_text("[pruning.prunefl]\nreconfig-interval = 50\n[pruning.gibbs]\nbeta-end = 100.0\n")
+    with pytest.raises(ConfigError) as caught:  # the preset alone contradicts itself (gibbs unused)
+        load_config(preset)
+    assert caught.value.key == "pruning.gibbs.beta-end"
+    dense = load_config(preset, ["pruning.method=none"])
+    assert dense.pruning.method == "none"
+    gibbs = load_config(preset, ["pruning.method=gibbs"])
+    assert gibbs.pruning.method == "gibbs"
+    assert gibbs.to_flat()["pruning.gibbs.beta-end"] == 100.0
+    with pytest.raises(ConfigError) as caught:  # what the user sets is never dropped
+        load_config(preset, ["pruning.method=none", "pruning.prunefl.reconfig-interval=20"])
+    assert caught.value.key == "pruning.prunefl.reconfig-interval"
