@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from common.config import AppConfig, read_preset
+from common.config import AppConfig, read_preset, with_method
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.app import RELOCATABLE_KEYS, RunSummary
@@ -160,14 +160,9 @@ def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> App
     Keys of other methods' tables are dropped; the method's own keys come from the
     shared setting, else from its bundled preset (``simulations/<method>.toml``).
     """
-    own = f"pruning.{method}."
-    flat = {
-        k: v
-        for k, v in shared.items()
-        if not k.startswith("pruning.") or k.startswith(own) or k.count(".") == 1
-    }
+    flat = with_method(shared, method)
     flat.update({k: v for k, v in preset_method_keys(method).items() if k not in flat})
-    flat.update({"pruning.method": method, "output.dir": str(runs_dir), "output.name": method})
+    flat.update({"output.dir": str(runs_dir), "output.name": method})
     return AppConfig.from_flat(flat)
 
 
