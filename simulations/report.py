@@ -330,14 +330,19 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
     finish(fig, ax, "accuracy_vs_bytes.png", "cumulative bytes, MB (measured)", "test accuracy", log_x=True)
 
     if profile is not None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        curves = []
         for run in runs:
             usable = {p.name: p for p in profiles_for(run.config.model.name, layout_of(run.config))}
             if profile in usable:
-                elapsed = np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))
-                ax.plot(*evaluated(run, elapsed / 3600), label=run.label)
+                curves.append((run, np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))))
+        longest = max((float(elapsed[-1]) for _, elapsed in curves if len(elapsed)), default=0.0)
+        unit, scale = ("h", 3600.0) if longest >= 3600 else ("s", 1.0)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for run, elapsed in curves:
+            ax.plot(*evaluated(run, elapsed / scale), label=run.label)
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-        finish(fig, ax, "accuracy_vs_modelled_time.png", f"modelled time, h ({profile})", "test accuracy")
+        xlabel = f"modelled time, {unit} ({profile})"
+        finish(fig, ax, "accuracy_vs_modelled_time.png", xlabel, "test accuracy")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
