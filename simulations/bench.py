@@ -46,6 +46,7 @@ from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from server.phases import SERVER_PHASES
 from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, RoundRow
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
+from simulations.report import TableRow, table_rows
 
 BENCH_PACKAGE = "simulations.benchmarks"
 RUNS_DIR = "runs"
@@ -69,6 +70,22 @@ class BenchPreset:
     methods: tuple[str, ...] = (BASELINE, "prunefl")
     target: float = 0.9
     profiles: tuple[str, ...] = ()
+    targets: Targets = field(default_factory=lambda: Targets())
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a method should achieve against dense FedAvg (a preset's ``[targets]``); None = not set.
+
+    ``time_ratio``: at most this fraction of dense FedAvg's modelled time to the target
+    accuracy (under the preset's first profile); ``bytes_ratio``: of its bytes to the
+    target; ``overhead``: the share of the round wall time not spent in local training.
+    """
+
+    time_ratio: float | None = None
+    bytes_ratio: float | None = None
+    overhead: float | None = None
+    reference: str = ""
 
 
 def bench_presets() -> list[str]:
@@ -92,7 +109,7 @@ def load_bench_preset(name: str) -> BenchPreset:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("preset", str(path), f"a valid TOML file ({exc})", what="argument") from exc
     bench = table.get("bench", {})
-    unknown = set(table) - {"bench", "set"} | set(bench) - {
+    unknown = set(table) - {"bench", "set", "targets"} | set(bench) - {
         "description",
         "simulate",
         "methods",
@@ -118,9 +135,25 @@ def load_bench_preset(name: str) -> BenchPreset:
         methods=tuple(bench.get("methods", (BASELINE, "prunefl"))),
         target=float(target),
         profiles=tuple(bench.get("profiles", ())),
+        targets=read_targets(table.get("targets", {})),
     )
     check_methods(preset.methods)
     return preset
+
+
+def read_targets(table: dict) -> Targets:
+    values = {}
+    for key in ("time-ratio", "bytes-ratio", "overhead"):
+        value = table.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ConfigError(f"targets.{key}", str(value), "a positive number")
+        values[key.replace("-", "_")] = None if value is None else float(value)
+    unknown = set(table) - {"time-ratio", "bytes-ratio", "overhead", "reference"}
+    if unknown:
+        raise ConfigError("targets", str(sorted(unknown)), "time-ratio, bytes-ratio, overhead, reference")
+    return Targets(**values, reference=str(table.get("reference", "")))
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -457,6 +490,9 @@ def write_bench_report(
 
     runs = [load_run(folder, folder.name) for folder in folders]
     overheads = [o for o in (read_overhead(f, f.name) for f in folders) if o is not None]
+    rows, profiles = table_rows(runs, preset.target, preset.profiles)
+    profile = next((p for p in preset.profiles if p in profiles), profiles[0] if profiles else None)
+    early = [targets_markdown(preset, rows, overheads, profile)] if preset.targets != Targets() else []
     sections = [
         "## Framework overhead\n\n"
         "Share of the rounds' wall time (rounds 1..R, summed) spent in each phase, **measured** on this "
@@ -481,7 +517,65 @@ def write_bench_report(
         notes=notes,
         profiles_only=preset.profiles,
         sections=sections,
+        after_table=early,
     )
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _verdict(value: float, limit: float) -> str:
+    if math.isnan(value):
+        return "not measurable"
+    return "**met**" if value <= limit else "**not met**"
+
+
+def targets_markdown(
+    preset: BenchPreset, rows: Sequence[TableRow], overheads: Sequence[Overhead], profile: str | None
+) -> str:
+    """One line per target and method: the measured (or modelled) figure, the limit, met or not."""
+    targets = preset.targets
+    base = next((r for r in rows if r.label == BASELINE), None)
+    lines = ["### Targets", ""]
+    if targets.reference:
+        lines += [targets.reference, ""]
+    for r in rows:
+        if r.label == BASELINE:
+            continue
+        if base is not None and targets.time_ratio is not None and profile is not None:
+            ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target.get(
+                profile, math.nan
+            )
+            speedup = "" if math.isnan(ratio) or ratio == 0 else f", {1 / ratio:.2f}x faster"
+            lines.append(
+                f"- `{r.label}`: modelled time to {preset.target:.0%} ({profile}) **{_ratio(ratio)}** "
+                f"of dense FedAvg's{speedup} (target: at most {targets.time_ratio:.3f}): "
+                f"{_verdict(ratio, targets.time_ratio)}"
+            )
+        if base is not None and targets.bytes_ratio is not None:
+            ratio = r.bytes_to_target / base.bytes_to_target
+            lines.append(
+                f"- `{r.label}`: bytes to {preset.target:.0%} **{_ratio(ratio)}** of dense FedAvg's "
+                f"(measured; target: at most {targets.bytes_ratio:.3f}): "
+                f"{_verdict(ratio, targets.bytes_ratio)}"
+            )
+    if targets.overhead is not None:
+        for o in overheads:
+            if o.label == BASELINE:
+                continue
+            lines.append(
+                f"- `{o.label}`: share of the round wall time not in local training "
+                f"**{o.not_training:.1%}** (measured; target: under {targets.overhead:.0%}): "
+                f"{_verdict(o.not_training, targets.overhead)}"
+            )
+    short = [r.label for r in rows if math.isnan(r.bytes_to_target)]
+    if short:
+        lines.append(
+            f"- Not reaching {preset.target:.0%} within the rounds run: {', '.join(short)}; "
+            "the ratios need more rounds."
+        )
+    return "\n".join(lines)
 
 
 # -- the command -----------------------------------------------------------------------------

@@ -399,10 +399,12 @@ def write_report(
     notes: Sequence[str] = (),
     profiles_only: Sequence[str] = (),
     sections: Sequence[str] = (),
+    after_table: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path.
 
-    ``sections`` are further Markdown sections, placed after the plots.
+    ``sections`` are further Markdown sections, placed after the plots; ``after_table``
+    right after the table and its legend.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows, profiles = table_rows(runs, target, profiles_only)
@@ -426,6 +428,7 @@ def write_report(
         "and the masks in force); masks were chosen under each run's own profile "
         f"(`{main_profile}`).",
         "",
+        *[section + "\n" for section in after_table],
         "## Plots",
         "",
         *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],

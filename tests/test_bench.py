@@ -294,3 +294,21 @@ def test_other_methods_settings_are_dropped(tmp_path):
     assert "pruning.prunefl.reconfig-interval" not in none.to_flat()
     assert magnitude.to_flat()["pruning.magnitude.target-density"] == 0.2
     assert none.output.name == "none" and Path(none.output.dir) == tmp_path
+
+
+def test_targets_are_judged_against_dense_fedavg(tmp_path):
+    from simulations.bench import Targets, targets_markdown
+
+    base = load_run(hand_made_run(tmp_path / "none", "none", ["0.1", "0.2", "0.3", "0.8"]))
+    run = load_run(hand_made_run(tmp_path / "prunefl", "prunefl", ["0.1", "0.75", "", "0.9"]))
+    rows, _ = table_rows([base, run], 0.7, only=["raspberry-pi-4-class"])
+    preset = BenchPreset(name="t", target=0.7, targets=Targets(time_ratio=0.6, bytes_ratio=0.2))
+    text = targets_markdown(preset, rows, [], "raspberry-pi-4-class")
+    small = {"conv1.weight": 500, "conv2.weight": 10000, "fc1.weight": 100000, "fc2.weight": 1000}
+    large = {"conv1.weight": 600, "conv2.weight": 20000, "fc1.weight": 200000, "fc2.weight": 2000}
+    first = 12.5 + compute(small) + 150000 / LINK
+    dense = first + compute(small) + 225000 / LINK + compute(large) + 300000 / LINK
+    assert f"modelled time to 70% (raspberry-pi-4-class) **{first / dense:.3f}**" in text  # 0.576
+    # bytes to 70%: through round 1 (3000 + 300000) against through round 3 (1353000): 0.224
+    assert f"bytes to 70% **{303000 / 1353000:.3f}**" in text
+    assert text.count("**met**") == 1 and text.count("**not met**") == 1
