@@ -26,7 +26,7 @@ from simulations.bench import (
     read_overhead,
     run_bench,
 )
-from simulations.report import load_run, table_rows, write_report
+from simulations.report import layout_of, load_run, modelled_times, profiles_for, table_rows, write_report
 from tests.inprocess_grid import InProcessGrid
 
 # -- report.py on a hand-made results folder --------------------------------------------------
@@ -244,6 +244,12 @@ def test_layers_and_phases_files_of_a_run(tmp_path):
         assert kept / sum(sizes.values()) == pytest.approx(float(round_row["density"]), abs=1e-6)
     assert [int(layers[0][n]) for n in names] == [sizes[n] for n in names]  # dense until round 2
     assert int(rounds[2]["reconfigured"]) == 1
+    # the report's re-modelling under the run's own profile gives the server's own round times
+    run = load_run(folder)
+    layout = layout_of(run.config)
+    own = next(p for p in profiles_for(run.config.model.name, layout) if p.name == run.config.cost.profile)
+    recorded = np.array([float(r["modelled_round_time_s"]) for r in rounds])
+    assert np.allclose(modelled_times(run, own, layout), recorded, rtol=1e-5)
     overhead = read_overhead(folder, "prunefl")
     assert overhead is not None and overhead.rounds == 3
     assert 0 < overhead.training_wall_s <= overhead.wall_s and overhead.client_train_s > 0
