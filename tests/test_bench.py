@@ -318,3 +318,22 @@ def test_targets_are_judged_against_dense_fedavg(tmp_path):
     # bytes to 70%: through round 1 (3000 + 300000) against through round 3 (1353000): 0.224
     assert f"bytes to 70% **{303000 / 1353000:.3f}**" in text
     assert text.count("**met**") == 1 and text.count("**not met**") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["no-such-bench"], "a bench preset file or one of"),
+        (["quick", "--methods", "rethinking"], "methods that start from nothing"),
+        (["quick", "--set", "train.lr=-1"], "'train.lr' = -1"),
+    ],
+)
+def test_bench_refuses_bad_input_with_one_line(tmp_path, args, expected):
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    result = CliRunner().invoke(app, ["bench", *args, "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
