@@ -210,6 +210,7 @@ def train(message: Message, context: Context) -> RecordDict:
     started = time.monotonic()
     job = prepare(message, context)
     spec, layout = job.spec, job.layout
+    prepared = time.monotonic()
     mask, start_values = load_model(job, _arrays(message))
     decoded, train_start = time.monotonic(), time.time()
     config = message.content.config_records[keys.CONFIG]
@@ -264,7 +265,8 @@ def train(message: Message, context: Context) -> RecordDict:
             keys.MASK_VERSION: spec.mask_version,
             keys.CLIENT_SECONDS: finished - started,
             # where the time went (server/phases.py); the instants are this node's clock
-            keys.PHASE_DECODE_S: decoded - started,
+            keys.PHASE_PREPARE_S: prepared - started,
+            keys.PHASE_DECODE_S: decoded - prepared,
             keys.PHASE_TRAIN_S: trained - decoded,
             keys.PHASE_ENCODE_S: finished - trained,
             keys.PHASE_TRAIN_START: train_start,

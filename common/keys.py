@@ -31,6 +31,7 @@ MASK_VERSION = "mask-version"
 IMPORTANCE_ROUNDS = "importance-rounds"
 CLIENT_SECONDS = "client-seconds"
 # A training reply's phase timings (server/phases.py): seconds, and Unix times of the node's clock
+PHASE_PREPARE_S = "phase.prepare-s"  # parsing the task, this node's data, building the model
 PHASE_DECODE_S = "phase.decode-s"
 PHASE_TRAIN_S = "phase.train-s"
 PHASE_ENCODE_S = "phase.encode-s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
 
 from common import keys
 from common.wire import (
@@ -83,26 +84,29 @@ class Messenger:
         values_bound = payload_bound(model.layout, 0.0, len(kept), value_bits(self.wire.values))
         records: dict[int | None, tuple[RecordDict, float]] = {}
         messages = []
-        for node in targets:
-            base = self.history.base_for(node.mask_version, version)
-            if base not in records:
-                arrays = {codec.VALUES: values}
-                if counters is not None:
-                    arrays[codec.COUNTERS] = counters
-                mask, mask_bits = self._mask_part(base)
-                if mask is not None:
-                    arrays[codec.MASK] = mask
-                content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.CONFIG: config})
-                records[base] = (content, values_bound + mask_bits / 8)
-            content, bound = records[base]
-            message = Message(
-                content=content,
-                message_type=message_type,
-                dst_node_id=node.node_id,
-                group_id=str(server_round),
-            )
-            self.log(message, server_round, phase, "down", node.node_id, bound)
-            messages.append(message)
+        # The messages share their records, which do not change until they are sent: each
+        # object's id (a SHA-256 of its content) is computed once, not once per message.
+        with no_object_id_recompute():
+            for node in targets:
+                base = self.history.base_for(node.mask_version, version)
+                if base not in records:
+                    arrays = {codec.VALUES: values}
+                    if counters is not None:
+                        arrays[codec.COUNTERS] = counters
+                    mask, mask_bits = self._mask_part(base)
+                    if mask is not None:
+                        arrays[codec.MASK] = mask
+                    content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.CONFIG: config})
+                    records[base] = (content, values_bound + mask_bits / 8)
+                content, bound = records[base]
+                message = Message(
+                    content=content,
+                    message_type=message_type,
+                    dst_node_id=node.node_id,
+                    group_id=str(server_round),
+                )
+                self.log(message, server_round, phase, "down", node.node_id, bound)
+                messages.append(message)
         return messages
 
     def config_message(

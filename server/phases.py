@@ -4,7 +4,8 @@ The server's phases are timed here with :class:`PhaseClock` (exclusive time: a
 phase started inside another pauses the outer one, so the phases of a round add
 up to at most its wall time). The clients time their own phases and report them
 in the training reply's metrics (``phase.*``, checked by
-:func:`server.validation.client_phases`): decoding the model, local training and
+:func:`server.validation.client_phases`): preparing (parsing the task, loading
+the node's data, building the model), decoding the model, local training and
 encoding the reply, with the wall-clock instants their training started and
 ended. :func:`round_phases` turns both into one row of ``phases.csv``.
 
@@ -29,6 +30,7 @@ SERVER_PHASES = ("setup", "encode", "accounting", "decode", "aggregate", "reconf
 class ClientPhases:
     """One client's reported phase durations (seconds) and training interval (Unix time)."""
 
+    prepare_s: float
     decode_s: float
     train_s: float
     encode_s: float
@@ -94,7 +96,8 @@ class PhaseRow:
     server_aggregate_s: float = 0.0
     server_reconfigure_s: float = 0.0
     server_evaluate_s: float = 0.0
-    client_decode_s: float = 0.0  # summed over the round's accepted clients
+    client_prepare_s: float = 0.0  # summed over the round's accepted clients
+    client_decode_s: float = 0.0
     client_train_s: float = 0.0
     client_encode_s: float = 0.0
     client_total_s: float = 0.0  # each client's whole handler, summed
@@ -119,6 +122,7 @@ def round_phases(
     row = PhaseRow(round=server_round, wall_s=wall_s, clients=len(clients))
     for name in SERVER_PHASES:
         setattr(row, f"server_{name}_s", server.get(name, 0.0))
+    row.client_prepare_s = sum(c.prepare_s for c in clients)
     row.client_decode_s = sum(c.decode_s for c in clients)
     row.client_train_s = sum(c.train_s for c in clients)
     row.client_encode_s = sum(c.encode_s for c in clients)

@@ -244,6 +244,7 @@ def train_metrics(
 
 
 PHASE_KEYS = (
+    keys.PHASE_PREPARE_S,
     keys.PHASE_DECODE_S,
     keys.PHASE_TRAIN_S,
     keys.PHASE_ENCODE_S,
@@ -261,16 +262,13 @@ def client_phases(metrics: MetricRecord) -> ClientPhases | None:
     """
     if not any(key in metrics for key in PHASE_KEYS):
         return None
-    decode_s, train_s, encode_s = (
-        float_metric(metrics, key, 0.0)
-        for key in (keys.PHASE_DECODE_S, keys.PHASE_TRAIN_S, keys.PHASE_ENCODE_S)
-    )
+    prepare_s, decode_s, train_s, encode_s = (float_metric(metrics, key, 0.0) for key in PHASE_KEYS[:4])
     start = float_metric(metrics, keys.PHASE_TRAIN_START)
     end = float_metric(metrics, keys.PHASE_TRAIN_END, start)
-    total = decode_s + train_s + encode_s
+    total = prepare_s + decode_s + train_s + encode_s
     if keys.CLIENT_SECONDS in metrics:
         total = float_metric(metrics, keys.CLIENT_SECONDS, 0.0)
-    return ClientPhases(decode_s, train_s, encode_s, total, start, end)
+    return ClientPhases(prepare_s, decode_s, train_s, encode_s, total, start, end)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from common.config import AppConfig, read_preset
+from common.config import AppConfig, read_preset, with_method
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.app import RELOCATABLE_KEYS, RunSummary
@@ -46,6 +46,7 @@ from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from server.phases import SERVER_PHASES
 from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, RoundRow
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
+from simulations.report import TableRow, table_rows
 
 BENCH_PACKAGE = "simulations.benchmarks"
 RUNS_DIR = "runs"
@@ -69,6 +70,22 @@ class BenchPreset:
     methods: tuple[str, ...] = (BASELINE, "prunefl")
     target: float = 0.9
     profiles: tuple[str, ...] = ()
+    targets: Targets = field(default_factory=lambda: Targets())
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a method should achieve against dense FedAvg (a preset's ``[targets]``); None = not set.
+
+    ``time_ratio``: at most this fraction of dense FedAvg's modelled time to the target
+    accuracy (under the preset's first profile); ``bytes_ratio``: of its bytes to the
+    target; ``overhead``: the share of the round wall time not spent in local training.
+    """
+
+    time_ratio: float | None = None
+    bytes_ratio: float | None = None
+    overhead: float | None = None
+    reference: str = ""
 
 
 def bench_presets() -> list[str]:
@@ -92,7 +109,7 @@ def load_bench_preset(name: str) -> BenchPreset:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("preset", str(path), f"a valid TOML file ({exc})", what="argument") from exc
     bench = table.get("bench", {})
-    unknown = set(table) - {"bench", "set"} | set(bench) - {
+    unknown = set(table) - {"bench", "set", "targets"} | set(bench) - {
         "description",
         "simulate",
         "methods",
@@ -118,9 +135,25 @@ def load_bench_preset(name: str) -> BenchPreset:
         methods=tuple(bench.get("methods", (BASELINE, "prunefl"))),
         target=float(target),
         profiles=tuple(bench.get("profiles", ())),
+        targets=read_targets(table.get("targets", {})),
     )
     check_methods(preset.methods)
     return preset
+
+
+def read_targets(table: dict) -> Targets:
+    values = {}
+    for key in ("time-ratio", "bytes-ratio", "overhead"):
+        value = table.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ConfigError(f"targets.{key}", str(value), "a positive number")
+        values[key.replace("-", "_")] = None if value is None else float(value)
+    unknown = set(table) - {"time-ratio", "bytes-ratio", "overhead", "reference"}
+    if unknown:
+        raise ConfigError("targets", str(sorted(unknown)), "time-ratio, bytes-ratio, overhead, reference")
+    return Targets(**values, reference=str(table.get("reference", "")))
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -160,14 +193,9 @@ def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> App
     Keys of other methods' tables are dropped; the method's own keys come from the
     shared setting, else from its bundled preset (``simulations/<method>.toml``).
     """
-    own = f"pruning.{method}."
-    flat = {
-        k: v
-        for k, v in shared.items()
-        if not k.startswith("pruning.") or k.startswith(own) or k.count(".") == 1
-    }
+    flat = with_method(shared, method)
     flat.update({k: v for k, v in preset_method_keys(method).items() if k not in flat})
-    flat.update({"pruning.method": method, "output.dir": str(runs_dir), "output.name": method})
+    flat.update({"output.dir": str(runs_dir), "output.name": method})
     return AppConfig.from_flat(flat)
 
 
@@ -313,6 +341,7 @@ class Overhead:
     wall_s: float
     training_wall_s: float
     server: dict[str, float]
+    client_prepare_s: float
     client_decode_s: float
     client_train_s: float
     client_encode_s: float
@@ -356,6 +385,7 @@ def read_overhead(folder: Path, label: str) -> Overhead | None:
         wall_s=total("wall_s"),
         training_wall_s=total("training_wall_s"),
         server={name: total(f"server_{name}_s") for name in SERVER_PHASES},
+        client_prepare_s=total("client_prepare_s") if "client_prepare_s" in rows[0] else 0.0,
         client_decode_s=total("client_decode_s"),
         client_train_s=total("client_train_s"),
         client_encode_s=total("client_encode_s"),
@@ -392,7 +422,7 @@ def overhead_markdown(overheads: Sequence[Overhead]) -> str:
     for name in SERVER_PHASES:
         lines.append(f"| {PHASE_LABELS[name]} | " + " | ".join(cells(lambda o, n=name: o.server[n])) + " |")
     lines.append(
-        "| rest: client decode/encode, messaging, Ray, waiting | "
+        "| rest: client prepare/decode/encode, messaging, Ray, waiting | "
         + " | ".join(cells(lambda o: o.rest_s))
         + " |"
     )
@@ -408,9 +438,11 @@ def overhead_markdown(overheads: Sequence[Overhead]) -> str:
         + " |"
     )
     lines.append(
-        "| clients' own seconds: decode / train / encode (summed over clients) | "
+        "| clients' own seconds: prepare / decode / train / encode (summed over clients) | "
         + " | ".join(
-            f"{o.client_decode_s:.1f} / {o.client_train_s:.1f} / {o.client_encode_s:.1f} s" for o in overheads
+            f"{o.client_prepare_s:.1f} / {o.client_decode_s:.1f} / {o.client_train_s:.1f} / "
+            f"{o.client_encode_s:.1f} s"
+            for o in overheads
         )
         + " |"
     )
@@ -458,12 +490,16 @@ def write_bench_report(
 
     runs = [load_run(folder, folder.name) for folder in folders]
     overheads = [o for o in (read_overhead(f, f.name) for f in folders) if o is not None]
+    rows, profiles = table_rows(runs, preset.target, preset.profiles)
+    profile = next((p for p in preset.profiles if p in profiles), profiles[0] if profiles else None)
+    early = [targets_markdown(preset, rows, overheads, profile)] if preset.targets != Targets() else []
     sections = [
         "## Framework overhead\n\n"
         "Share of the rounds' wall time (rounds 1..R, summed) spent in each phase, **measured** on this "
         "machine. *Local training* is the wall time during which at least one client was in its local "
         "SGD loop (the union of the clients' training intervals); server phases are timed exclusively "
-        "on the server; the rest is the clients' decoding and encoding outside others' training, "
+        "on the server; the rest is the clients' preparing (task, data, model), decoding and encoding "
+        "outside others' training, "
         "Flower's messaging (serialisation, the SuperLink's store, Ray) and waiting. In this simulation "
         "server and clients share the machine's cores.\n\n" + overhead_markdown(overheads)
     ]
@@ -481,7 +517,65 @@ def write_bench_report(
         notes=notes,
         profiles_only=preset.profiles,
         sections=sections,
+        after_table=early,
     )
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _verdict(value: float, limit: float) -> str:
+    if math.isnan(value):
+        return "not measurable"
+    return "**met**" if value <= limit else "**not met**"
+
+
+def targets_markdown(
+    preset: BenchPreset, rows: Sequence[TableRow], overheads: Sequence[Overhead], profile: str | None
+) -> str:
+    """One line per target and method: the measured (or modelled) figure, the limit, met or not."""
+    targets = preset.targets
+    base = next((r for r in rows if r.label == BASELINE), None)
+    lines = ["### Targets", ""]
+    if targets.reference:
+        lines += [targets.reference, ""]
+    for r in rows:
+        if r.label == BASELINE:
+            continue
+        if base is not None and targets.time_ratio is not None and profile is not None:
+            ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target.get(
+                profile, math.nan
+            )
+            speedup = "" if math.isnan(ratio) or ratio == 0 else f", {1 / ratio:.2f}x faster"
+            lines.append(
+                f"- `{r.label}`: modelled time to {preset.target:.0%} ({profile}) **{_ratio(ratio)}** "
+                f"of dense FedAvg's{speedup} (target: at most {targets.time_ratio:.3f}): "
+                f"{_verdict(ratio, targets.time_ratio)}"
+            )
+        if base is not None and targets.bytes_ratio is not None:
+            ratio = r.bytes_to_target / base.bytes_to_target
+            lines.append(
+                f"- `{r.label}`: bytes to {preset.target:.0%} **{_ratio(ratio)}** of dense FedAvg's "
+                f"(measured; target: at most {targets.bytes_ratio:.3f}): "
+                f"{_verdict(ratio, targets.bytes_ratio)}"
+            )
+    if targets.overhead is not None:
+        for o in overheads:
+            if o.label == BASELINE:
+                continue
+            lines.append(
+                f"- `{o.label}`: share of the round wall time not in local training "
+                f"**{o.not_training:.1%}** (measured; target: under {targets.overhead:.0%}): "
+                f"{_verdict(o.not_training, targets.overhead)}"
+            )
+    short = [r.label for r in rows if math.isnan(r.bytes_to_target)]
+    if short:
+        lines.append(
+            f"- Not reaching {preset.target:.0%} within the rounds run: {', '.join(short)}; "
+            "the ratios need more rounds."
+        )
+    return "\n".join(lines)
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -526,7 +620,7 @@ def run_bench(
         done = {"reuse": total, "resume": (plan.checkpoint.server_round + 1) if plan.checkpoint else 0}
         status = {"reuse": "reused", "resume": "resuming", "start": "waiting"}[plan.action]
         tasks[plan.method] = progress.add_task(
-            plan.method, total=total, completed=done.get(plan.action, 0), status=status
+            plan.method, total=total, completed=done.get(plan.action, 0), status=status, start=False
         )
 
     def on_start(plan: RunPlan) -> Callable[[RoundRow], None]:
@@ -539,7 +633,8 @@ def run_bench(
             )
 
         if plan.action != "reuse":
-            progress.update(task, status="initial round" if plan.action == "start" else "resuming")
+            progress.start_task(task)  # its clock starts with its run
+            progress.update(task, status="round 0" if plan.action == "start" else "resuming")
         return on_round
 
     try:

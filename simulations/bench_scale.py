@@ -64,8 +64,13 @@ def run_one(clients: int, sampled: int, rounds: int, output: Path, data_dir: str
     }
 
 
-def measure(clients: int, baseline: int, sampled: int, rounds: int, output: Path, data_dir: str) -> dict:
-    """Run the baseline and the large federation, each in its own process; return both and the ratio."""
+def measure(
+    clients: int, baseline: int, sampled: int, rounds: int, output: Path, data_dir: str, command: str
+) -> dict:
+    """Run the baseline and the large federation, each in its own process; return both and the ratio.
+
+    ``command`` is the command line that asked for it, for the record.
+    """
     output.mkdir(parents=True, exist_ok=True)
     runs = []
     for n in (baseline, clients):
@@ -97,7 +102,7 @@ def measure(clients: int, baseline: int, sampled: int, rounds: int, output: Path
     result = {
         "runs": runs,
         "ratio": runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"],
-        "command": shlex.join(["python", "-m", "simulations.bench_scale", *sys.argv[1:]]),
+        "command": command,
     }
     (output / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
@@ -116,8 +121,9 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(run_one(args.one, args.sampled, args.rounds, args.output.resolve(), args.data_dir)))
         return
+    command = shlex.join(["python", "-m", "simulations.bench_scale", *sys.argv[1:]])
     result = measure(
-        args.clients, args.baseline, args.sampled, args.rounds, args.output.resolve(), args.data_dir
+        args.clients, args.baseline, args.sampled, args.rounds, args.output.resolve(), args.data_dir, command
     )
     print(
         f"server peak RSS: {result['runs'][1]['peak_rss_mib']:.0f} MiB with {args.clients} clients, "

@@ -242,7 +242,7 @@ def bench(
         shared = dict(overrides)
         data_dir = str(shared.get("data.dir", ""))
         try:
-            measure(1000, 10, 10, 3, report_dir, data_dir)
+            measure(1000, 10, 10, 3, report_dir, data_dir, command)
         except RuntimeError as exc:
             raise _fail(exc, 1) from None
     try:

@@ -161,6 +161,7 @@ class TableRow:
     rounds_to_target: float
     modelled_to_target: dict[str, float]  # profile name -> modelled seconds (nan if never)
     modelled_total: dict[str, float]
+    modelled_round0: dict[str, float]  # initial pruning's share of the modelled time
     wall_time_s: float
 
 
@@ -185,11 +186,12 @@ def table_rows(
     for run in runs:
         hit = first_reaching(run, target)
         cumulative = run.cumulative_bytes()
-        to_target, total = {}, {}
+        to_target, total, round0 = {}, {}, {}
         for profile in per_run_profiles[id(run)]:
             elapsed = np.cumsum(modelled_times(run, profile, layouts[id(run)]))
             to_target[profile.name] = float(elapsed[hit]) if hit is not None else math.nan
             total[profile.name] = float(elapsed[-1]) if len(elapsed) else math.nan
+            round0[profile.name] = float(elapsed[0]) if len(elapsed) else math.nan
         accuracy = run.column("accuracy")
         evaluated = accuracy[~np.isnan(accuracy)]
         out.append(
@@ -205,6 +207,7 @@ def table_rows(
                 rounds_to_target=float(run.rounds[hit]) if hit is not None else math.nan,
                 modelled_to_target=to_target,
                 modelled_total=total,
+                modelled_round0=round0,
                 wall_time_s=float(run.column("elapsed_s")[-1]) if len(run.rows) else math.nan,
             )
         )
@@ -327,14 +330,19 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
     finish(fig, ax, "accuracy_vs_bytes.png", "cumulative bytes, MB (measured)", "test accuracy", log_x=True)
 
     if profile is not None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        curves = []
         for run in runs:
             usable = {p.name: p for p in profiles_for(run.config.model.name, layout_of(run.config))}
             if profile in usable:
-                elapsed = np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))
-                ax.plot(*evaluated(run, elapsed / 3600), label=run.label)
+                curves.append((run, np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))))
+        longest = max((float(elapsed[-1]) for _, elapsed in curves if len(elapsed)), default=0.0)
+        unit, scale = ("h", 3600.0) if longest >= 3600 else ("s", 1.0)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for run, elapsed in curves:
+            ax.plot(*evaluated(run, elapsed / scale), label=run.label)
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-        finish(fig, ax, "accuracy_vs_modelled_time.png", f"modelled time, h ({profile})", "test accuracy")
+        xlabel = f"modelled time, {unit} ({profile})"
+        finish(fig, ax, "accuracy_vs_modelled_time.png", xlabel, "test accuracy")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
@@ -367,7 +375,12 @@ def answer(rows: Sequence[TableRow], profile: str | None, target: float, baselin
             parts.append(f"with {r.bytes_to_target / base.bytes_to_target:.2f}x the bytes of dense FedAvg")
             if profile and not math.isnan(base.modelled_to_target.get(profile, math.nan)):
                 ratio = r.modelled_to_target.get(profile, math.nan) / base.modelled_to_target[profile]
-                parts.append(f"in {ratio:.2f}x its modelled time ({profile})")
+                initial = r.modelled_round0.get(profile, 0.0)
+                parts.append(
+                    f"in {ratio:.2f}x its modelled time ({profile}"
+                    + (f"; initial pruning is {_seconds(initial)} of it" if initial > 0 else "")
+                    + ")"
+                )
         elif base is not None:
             parts.append(f"while dense FedAvg did not within {base.rounds} rounds")
         sentences.append(
@@ -386,10 +399,12 @@ def write_report(
     notes: Sequence[str] = (),
     profiles_only: Sequence[str] = (),
     sections: Sequence[str] = (),
+    after_table: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path.
 
-    ``sections`` are further Markdown sections, placed after the plots.
+    ``sections`` are further Markdown sections, placed after the plots; ``after_table``
+    right after the table and its legend.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows, profiles = table_rows(runs, target, profiles_only)
@@ -413,6 +428,7 @@ def write_report(
         "and the masks in force); masks were chosen under each run's own profile "
         f"(`{main_profile}`).",
         "",
+        *[section + "\n" for section in after_table],
         "## Plots",
         "",
         *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],

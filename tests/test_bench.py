@@ -26,7 +26,7 @@ from simulations.bench import (
     read_overhead,
     run_bench,
 )
-from simulations.report import load_run, table_rows, write_report
+from simulations.report import layout_of, load_run, modelled_times, profiles_for, table_rows, write_report
 from tests.inprocess_grid import InProcessGrid
 
 # -- report.py on a hand-made results folder --------------------------------------------------
@@ -162,7 +162,10 @@ def test_phase_clock_times_nested_phases_exclusively():
         1,
         10.0,
         {"decode": 1.0, "evaluate": 2.0},
-        [ClientPhases(0.1, 3.0, 0.2, 3.5, 100.0, 103.0), ClientPhases(0.1, 2.0, 0.2, 2.5, 102.0, 104.0)],
+        [
+            ClientPhases(0.1, 0.1, 3.0, 0.2, 3.6, 100.0, 103.0),
+            ClientPhases(0.0, 0.1, 2.0, 0.2, 2.5, 102.0, 104.0),
+        ],
     )
     assert row.training_wall_s == 4.0 and row.client_train_s == 5.0 and row.server_s == 3.0
 
@@ -173,6 +176,7 @@ def test_phase_clock_times_nested_phases_exclusively():
         ({keys.PHASE_TRAIN_S: 1.0}, "missing"),
         (
             {
+                keys.PHASE_PREPARE_S: 0.0,
                 keys.PHASE_DECODE_S: -1.0,
                 keys.PHASE_TRAIN_S: 1.0,
                 keys.PHASE_ENCODE_S: 0.0,
@@ -183,6 +187,7 @@ def test_phase_clock_times_nested_phases_exclusively():
         ),
         (
             {
+                keys.PHASE_PREPARE_S: 0.0,
                 keys.PHASE_DECODE_S: 0.0,
                 keys.PHASE_TRAIN_S: 1.0,
                 keys.PHASE_ENCODE_S: 0.0,
@@ -239,6 +244,12 @@ def test_layers_and_phases_files_of_a_run(tmp_path):
         assert kept / sum(sizes.values()) == pytest.approx(float(round_row["density"]), abs=1e-6)
     assert [int(layers[0][n]) for n in names] == [sizes[n] for n in names]  # dense until round 2
     assert int(rounds[2]["reconfigured"]) == 1
+    # the report's re-modelling under the run's own profile gives the server's own round times
+    run = load_run(folder)
+    layout = layout_of(run.config)
+    own = next(p for p in profiles_for(run.config.model.name, layout) if p.name == run.config.cost.profile)
+    recorded = np.array([float(r["modelled_round_time_s"]) for r in rounds])
+    assert np.allclose(modelled_times(run, own, layout), recorded, rtol=1e-5)
     overhead = read_overhead(folder, "prunefl")
     assert overhead is not None and overhead.rounds == 3
     assert 0 < overhead.training_wall_s <= overhead.wall_s and overhead.client_train_s > 0
@@ -289,3 +300,40 @@ def test_other_methods_settings_are_dropped(tmp_path):
     assert "pruning.prunefl.reconfig-interval" not in none.to_flat()
     assert magnitude.to_flat()["pruning.magnitude.target-density"] == 0.2
     assert none.output.name == "none" and Path(none.output.dir) == tmp_path
+
+
+def test_targets_are_judged_against_dense_fedavg(tmp_path):
+    from simulations.bench import Targets, targets_markdown
+
+    base = load_run(hand_made_run(tmp_path / "none", "none", ["0.1", "0.2", "0.3", "0.8"]))
+    run = load_run(hand_made_run(tmp_path / "prunefl", "prunefl", ["0.1", "0.75", "", "0.9"]))
+    rows, _ = table_rows([base, run], 0.7, only=["raspberry-pi-4-class"])
+    preset = BenchPreset(name="t", target=0.7, targets=Targets(time_ratio=0.6, bytes_ratio=0.2))
+    text = targets_markdown(preset, rows, [], "raspberry-pi-4-class")
+    small = {"conv1.weight": 500, "conv2.weight": 10000, "fc1.weight": 100000, "fc2.weight": 1000}
+    large = {"conv1.weight": 600, "conv2.weight": 20000, "fc1.weight": 200000, "fc2.weight": 2000}
+    first = 12.5 + compute(small) + 150000 / LINK
+    dense = first + compute(small) + 225000 / LINK + compute(large) + 300000 / LINK
+    assert f"modelled time to 70% (raspberry-pi-4-class) **{first / dense:.3f}**" in text  # 0.576
+    # bytes to 70%: through round 1 (3000 + 300000) against through round 3 (1353000): 0.224
+    assert f"bytes to 70% **{303000 / 1353000:.3f}**" in text
+    assert text.count("**met**") == 1 and text.count("**not met**") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["no-such-bench"], "a bench preset file or one of"),
+        (["quick", "--methods", "rethinking"], "methods that start from nothing"),
+        (["quick", "--set", "train.lr=-1"], "'train.lr' = -1"),
+    ],
+)
+def test_bench_refuses_bad_input_with_one_line(tmp_path, args, expected):
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    result = CliRunner().invoke(app, ["bench", *args, "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
