@@ -215,8 +215,10 @@ def table_rows(
 
 
 # -- formatting ----------------------------------------------------------------------------
-def _mb(n: float) -> str:
-    return "never" if math.isnan(n) else f"{n / 1e6:.2f} MB"
+def _bytes(n: float) -> str:
+    if math.isnan(n):
+        return "never"
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB"
 
 
 def _seconds(s: float) -> str:
@@ -245,8 +247,8 @@ def markdown_table(rows: Sequence[TableRow], profiles: Sequence[str], target: fl
             str(r.rounds),
             f"{r.final_accuracy:.4f}",
             f"{r.final_density:.4f}",
-            f"{_mb(r.bytes_down + r.bytes_up)} ({_mb(r.bytes_down)} + {_mb(r.bytes_up)})",
-            _mb(r.bytes_to_target),
+            f"{_bytes(r.bytes_down + r.bytes_up)} ({_bytes(r.bytes_down)} + {_bytes(r.bytes_up)})",
+            _bytes(r.bytes_to_target),
             "never" if math.isnan(r.rounds_to_target) else str(int(r.rounds_to_target)),
             *[_seconds(r.modelled_to_target.get(p, math.nan)) for p in profiles],
             _seconds(r.wall_time_s),
@@ -367,7 +369,9 @@ def answer(rows: Sequence[TableRow], profile: str | None, target: float, baselin
         if math.isnan(r.bytes_to_target):
             sentences.append(
                 f"**{r.label}** did not reach {target:.0%} test accuracy in {r.rounds} rounds "
-                f"(final accuracy {r.final_accuracy:.4f}, density {r.final_density:.3f})."
+                f"(final accuracy {r.final_accuracy:.4f}, density {r.final_density:.3f})"
+                + (whole_run(r, base, profile) if base is not None else "")
+                + "."
             )
             continue
         parts = [f"**{r.label}** reached {target:.0%} test accuracy in round {int(r.rounds_to_target)}"]
@@ -387,6 +391,20 @@ def answer(rows: Sequence[TableRow], profile: str | None, target: float, baselin
             ", ".join(parts) + f"; final accuracy {r.final_accuracy:.4f} at density {r.final_density:.3f}."
         )
     return " ".join(sentences)
+
+
+def whole_run(r: TableRow, base: TableRow, profile: str | None) -> str:
+    """How a run that missed the target compares with dense FedAvg over the whole run."""
+    bytes_ratio = (r.bytes_down + r.bytes_up) / max(base.bytes_down + base.bytes_up, 1)
+    text = f"; over its {r.rounds} rounds it sent {bytes_ratio:.3f}x the bytes of dense FedAvg"
+    if profile and profile in r.modelled_total and profile in base.modelled_total:
+        ratio = r.modelled_total[profile] / base.modelled_total[profile]
+        initial = r.modelled_round0.get(profile, 0.0)
+        text += f" in {ratio:.2f}x its modelled time ({profile}" + (
+            f"; initial pruning is {_seconds(initial)} of it)" if initial > 0 else ")"
+        )
+    reached = "did not reach it either" if math.isnan(base.bytes_to_target) else "reached it"
+    return text + f", while dense FedAvg {reached} (final accuracy {base.final_accuracy:.4f})"
 
 
 def write_report(
