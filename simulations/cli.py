@@ -383,8 +383,7 @@ def profile(
     try:
         resolved = load_config(preset_path(config), set_ or [])
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+        raise _fail(exc, 2) from None
     source = DATASETS[resolved.data.dataset]
     shape = _shape(input_shape) if input_shape else source.input_shape
     num_classes = classes or source.num_classes
@@ -401,8 +400,7 @@ def profile(
         settings = ProfileSettings(_densities(densities), repeats, min_seconds)
         fit = profile_model(model_name, num_classes, shape, batch_size, loss, settings)
     except ProfilingError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+        raise _fail(exc, 2) from None
     console.print(_fit_line(f"{model_name} (masks)", fit))
     structured, width_list = None, ()
     if not skip_widths:
@@ -425,11 +423,9 @@ def profile(
         try:
             previous = load_profile(str(output))
         except ProfileError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from None
+            raise _fail(exc, 2) from None
         if previous.kind != "measured":
-            console.print(f"[bold red]error:[/] {output} holds {previous.kind} figures; write a new file")
-            raise typer.Exit(code=2)
+            raise _fail(ValueError(f"{output} holds {previous.kind} figures; write a new file"), 2)
         text = output.read_text(encoding="utf-8")
         sections = model_sections(text)
         earlier_notes = tomllib.loads(text).get("device", {}).get("notes", [])
@@ -473,8 +469,7 @@ def profile(
     try:
         load_profile(str(output))  # the server's reader accepts what was written
     except ProfileError as exc:
-        console.print(f"[bold red]error:[/] the written profile is unreadable: {exc}")
-        raise typer.Exit(code=1) from None
+        raise _fail(ValueError(f"the written profile is unreadable: {exc}"), 1) from None
     typer.echo(f"fedprune: profile of {model_name} written to {output}")
 
 
