@@ -19,6 +19,7 @@
 #
 # Build from the repository root (the context needs pyproject.toml).
 
+# Flower's image tag: the flwr pin of constraints.txt (tests/test_versions.py checks it).
 ARG FLWR_VERSION=1.41.0
 # An example, not verified here: an NVIDIA PyTorch image with Python 3.12 for
 # JetPack 7 boards. JetPack 5/6 L4T images ship Python 3.8/3.10 and cannot run
@@ -28,13 +29,15 @@ ARG JETSON_BASE=nvcr.io/nvidia/pytorch:25.08-py3
 # --- Jetson: NVIDIA's PyTorch (CUDA for the board's GPU) plus Flower ------------
 FROM ${JETSON_BASE} AS jetson
 ARG FLWR_VERSION
-COPY pyproject.toml docker/app_requirements.py /tmp/fedprune/
-# The base keeps its own torch (and NVIDIA's pip constraints); Flower and the
-# app's other dependencies come from PyPI. Like Flower's images, the SuperExec
-# runs as user app (uid 49999).
+COPY pyproject.toml constraints.txt docker/app_requirements.py /tmp/fedprune/
+# The base keeps its own torch (and NVIDIA's pip constraints), so the project's pins
+# apply to everything but torch; Flower and the app's other dependencies come from
+# PyPI. Like Flower's images, the SuperExec runs as user app (uid 49999).
 RUN python3 /tmp/fedprune/app_requirements.py --check-base \
     && python3 /tmp/fedprune/app_requirements.py /tmp/fedprune/pyproject.toml > /tmp/fedprune/requirements.txt \
-    && python3 -m pip install --no-cache-dir "flwr==${FLWR_VERSION}" -r /tmp/fedprune/requirements.txt \
+    && grep -v '^torch==' /tmp/fedprune/constraints.txt > /tmp/fedprune/constraints-jetson.txt \
+    && python3 -m pip install --no-cache-dir -c /tmp/fedprune/constraints-jetson.txt \
+        "flwr==${FLWR_VERSION}" -r /tmp/fedprune/requirements.txt \
     && rm -rf /tmp/fedprune \
     && groupadd --gid 49999 app \
     && useradd --uid 49999 --gid 49999 --create-home --shell /usr/sbin/nologin app \
@@ -46,14 +49,15 @@ ENTRYPOINT ["flower-superexec"]
 # --- CPU (amd64, arm64): Flower's official SuperExec image plus CPU PyTorch -------
 FROM flwr/superexec:${FLWR_VERSION} AS cpu
 ARG FLWR_VERSION
-ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-COPY --chown=app:app pyproject.toml docker/app_requirements.py /tmp/fedprune/
-# PyTorch's CPU index has amd64 and arm64 wheels; installing torch first keeps
-# pip from pulling the CUDA build (and its 2+ GB of NVIDIA libraries) on amd64.
+COPY --chown=app:app pyproject.toml constraints.txt docker/app_requirements.py /tmp/fedprune/
+# Every version comes from the repository's constraints.txt (torch's too). PyTorch's
+# CPU index has amd64 and arm64 wheels; installing torch from it first keeps pip from
+# pulling the CUDA build (and its 2+ GB of NVIDIA libraries) on amd64.
 RUN python /tmp/fedprune/app_requirements.py /tmp/fedprune/pyproject.toml > /tmp/fedprune/requirements.txt \
-    && python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
-    && python -m pip install --no-cache-dir "flwr==${FLWR_VERSION}" -r /tmp/fedprune/requirements.txt \
+    && python -m pip install --no-cache-dir --index-url "${TORCH_INDEX}" -c /tmp/fedprune/constraints.txt torch \
+    && python -m pip install --no-cache-dir -c /tmp/fedprune/constraints.txt \
+        "flwr==${FLWR_VERSION}" -r /tmp/fedprune/requirements.txt \
     && rm -rf /tmp/fedprune
 WORKDIR /app
 ENTRYPOINT ["flower-superexec"]

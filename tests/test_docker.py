@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flwr
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,7 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 COMPOSE_FILES = ["compose.yml", "compose.server.yml", "compose.client.yml"]
 CLIENT_ENV = {"SUPERLINK": "superlink:9093", "PARTITION_ID": "1", "NUM_PARTITIONS": "3"}
-FLOWER_IMAGES = ("flwr/superlink", "flwr/supernode", "flwr/superexec")
 
 
 def tool(name: str) -> str | None:
@@ -121,20 +119,6 @@ def test_tls_and_node_authentication_are_on_everywhere():
                 assert "--insecure" not in argv and "--root-certificates" in argv, (name, service.name)
             if argv[0] == "flower-supernode":
                 assert "--auth-supernode-private-key" in argv, (name, service.name)
-
-
-def test_images_are_pinned_to_the_flower_version_the_tests_run():
-    pinned = {}
-    for name in COMPOSE_FILES:
-        text = (DOCKER / name).read_text(encoding="utf-8")
-        for image in FLOWER_IMAGES:
-            for line in text.splitlines():
-                if f"image: {image}:" in line:
-                    pinned[image] = line.split(":")[-1].strip()
-    dockerfile = (DOCKER / "superexec.Dockerfile").read_text(encoding="utf-8")
-    assert set(pinned) == {"flwr/superlink", "flwr/supernode"}
-    assert set(pinned.values()) == {flwr.__version__}
-    assert f"ARG FLWR_VERSION={flwr.__version__}" in dockerfile
 
 
 def test_interpolation_follows_compose_rules():
