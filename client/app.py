@@ -36,6 +36,7 @@ from torch import nn
 from common import keys
 from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
+from common.device import resolve_device
 from common.initial_data import initial_data_for
 from common.layout import ModelLayout
 from common.models import MODELS, build_model
@@ -49,6 +50,9 @@ from common.wire.codec import ModelPayload, decode_payload, encode_payload
 from .node_state import NodeState, StaleMaskError
 
 THREADS_ENV = "FEDPRUNE_CLIENT_THREADS"
+# The device this node trains on: its --node-config device=..., else this variable
+# (fedprune simulate sets it from train.device), else auto (common/device.py).
+DEVICE_ENV = "FEDPRUNE_CLIENT_DEVICE"
 ERROR_CODE = 1
 logger = logging.getLogger("fedprune.client")
 
@@ -71,6 +75,7 @@ class Job:
     model: nn.Module
     layout: ModelLayout
     state: NodeState
+    device: torch.device  # the model's; a handler moves the data it uses there once
 
 
 def _node_int(context: Context, key: str) -> int:
@@ -78,6 +83,17 @@ def _node_int(context: Context, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadMessage(f"node config '{key}' = {value!r} must be an integer (set it with --node-config)")
     return value
+
+
+def node_device(context: Context) -> torch.device:
+    """Where this node trains: node config ``device``, else ``$FEDPRUNE_CLIENT_DEVICE``, else auto."""
+    configured = context.node_config.get(keys.NODE_DEVICE)
+    if configured is not None:
+        return resolve_device(str(configured), keys.NODE_DEVICE, what="node config")
+    from_env = os.environ.get(DEVICE_ENV)
+    if from_env:
+        return resolve_device(from_env, DEVICE_ENV, what="environment variable")
+    return resolve_device("auto")
 
 
 def _configure_threads() -> None:
@@ -106,14 +122,16 @@ def prepare(message: Message, context: Context) -> Job:
     data_dir = context.node_config.get(keys.NODE_DATA_DIR) or spec.data_dir
     source = DATASETS[spec.dataset]
     data = client_data(spec, Path(str(data_dir)) if data_dir else None, num_partitions, partition_id)
-    model = build_model(spec.model, source.num_classes, source.input_shape)
+    device = node_device(context)
+    model = build_model(spec.model, source.num_classes, source.input_shape).to(device)
     layout = ModelLayout.from_model(model)
     if spec.layout and spec.layout != layout.fingerprint:
         raise BadMessage(
             f"model layout {spec.layout} differs from this node's {layout.fingerprint} "
             f"for model {spec.model!r}: server and node run different code"
         )
-    return Job(spec, partition_id, num_partitions, data, source, model, layout, NodeState(context, layout))
+    state = NodeState(context, layout)
+    return Job(spec, partition_id, num_partitions, data, source, model, layout, state, device)
 
 
 def load_model(job: Job, record: ArrayRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +242,7 @@ def train(message: Message, context: Context) -> RecordDict:
         job.model,
         layout,
         mask,
-        job.data.train.batches(spec.batch_size, seed),
+        job.data.train.on(job.device).batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
         make_loss(spec.loss, job.source.num_classes),
@@ -299,6 +317,7 @@ def initial_pruning(message: Message, context: Context) -> RecordDict:
         _config_int(config, "ip-batches"),
         _config_int(config, "ip-batch-size"),
         cost,
+        job.device,
     )
     result = method.initial_mask(floats, mask, data)
     new_floats = result.floats if result.floats is not None else floats
@@ -317,7 +336,8 @@ def initial_pruning(message: Message, context: Context) -> RecordDict:
 def evaluate_model(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
     load_model(job, _arrays(message))
-    result = evaluate(job.model, job.data.test, make_loss(job.spec.loss, job.source.num_classes))
+    test = job.data.test.on(job.device)
+    result = evaluate(job.model, test, make_loss(job.spec.loss, job.source.num_classes))
     return RecordDict(
         {
             keys.METRICS: MetricRecord(

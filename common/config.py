@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 from .data import DATASETS, PARTITIONINGS
+from .device import DEVICE_SPECS, check_device_spec
 from .models import MODELS
 from .pruning import METHODS, MethodSettings, PruningMethod
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
 from .wire import WireFormat
 
 DATA_DIR_ENV = "FEDPRUNE_DATA_DIR"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # read by ray.init itself, too
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,13 @@ class TrainSettings(Section):
     momentum: float = 0.0
     weight_decay: float = 0.0
     weighting: Literal["samples-processed", "dataset-size"] = "samples-processed"
+    # where the server evaluates and prunes, and simulated clients train (common/device.py);
+    # a deployed node resolves its own (--node-config device=..., default auto)
+    device: str = "auto"
 
     def validate(self) -> None:
         self.require("lr", self.lr > 0, "a learning rate > 0")
+        self.require("device", check_device_spec(self.device), "one of " + ", ".join(DEVICE_SPECS))
         self.require("lr_half_life", self.lr_half_life >= 0, "a number of rounds >= 0 (0 = constant)")
         self.require("local_steps", self.local_steps >= 1, "an integer >= 1")
         self.require("batch_size", self.batch_size >= 1, "an integer >= 1")
@@ -203,11 +209,23 @@ class SimulationSettings(Section):
     num_clients: int = 10  # SuperNodes of `fedprune simulate` (flwr run: --federation-config)
     client_cpus: float = 1.0  # Ray CPUs per client
     client_threads: int = 1  # torch threads per client
+    client_gpus: float = 0.0  # Ray GPUs per client; 0.25 = four clients share a GPU
+    ray_address: str = ""  # an existing Ray cluster to attach to ("" = $RAY_ADDRESS, else a new one)
 
     def validate(self) -> None:
         self.require("num_clients", self.num_clients >= 1, "an integer >= 1")
         self.require("client_cpus", self.client_cpus > 0, "a number > 0")
         self.require("client_threads", self.client_threads >= 1, "an integer >= 1")
+        self.require("client_gpus", self.client_gpus >= 0, "a number >= 0 (a fraction shares a GPU)")
+        self.require(
+            "ray_address",
+            self.ray_address == self.ray_address.strip(),
+            "an address such as 'auto', '127.0.0.1:6379' or 'ray://head:10001', without spaces",
+        )
+
+    def cluster_address(self) -> str:
+        """The Ray cluster to attach to: ``ray-address``, else ``$RAY_ADDRESS``; "" starts a new one."""
+        return self.ray_address or os.environ.get(RAY_ADDRESS_ENV, "")
 
 
 SECTIONS: tuple[type[Section], ...] = (

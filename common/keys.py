@@ -42,3 +42,4 @@ PHASE_TRAIN_END = "phase.train-end"
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_DATA_DIR = "data-dir"
+NODE_DEVICE = "device"  # optional: the torch device this node trains on (common/device.py)

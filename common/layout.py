@@ -190,5 +190,5 @@ class ModelLayout:
         for t in self.parameters:
             grad = named[t.name].grad
             if grad is not None:
-                grads[t.slice] = grad.detach().reshape(-1).numpy()
+                grads[t.slice] = grad.detach().reshape(-1).cpu().numpy()
         return grads

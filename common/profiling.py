@@ -70,6 +70,7 @@ class ProfileSettings:
     min_seconds: float = 0.2  # each timing lasts at least this long
     warmup_iterations: int = 3  # before each timing, under the same mask
     seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the steps run
 
     def __post_init__(self) -> None:
         if not self.densities or not all(0 < d <= 1 for d in self.densities):
@@ -123,6 +124,16 @@ def random_mask(layout: ModelLayout, densities: dict[str, float], rng: np.random
     return mask
 
 
+def _batch(
+    batch_size: int, input_shape: tuple[int, int, int], num_classes: int, settings: ProfileSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed random batch, drawn on the CPU and put on the device the steps run on."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    inputs = torch.randn((batch_size, *input_shape), generator=generator)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    return inputs.to(settings.device), labels.to(settings.device)
+
+
 def _repeat(batch: tuple[torch.Tensor, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield batch
@@ -139,9 +150,17 @@ def time_iterations(
 ) -> float:
     """Seconds per iteration of ``iterations`` real local SGD steps under ``mask``."""
     loss_fn = make_loss(loss, num_classes)
+    synchronize(batch[0].device)
     start = time.perf_counter()
     train_locally(model, layout, mask, _repeat(batch), iterations, SgdSettings(lr=1e-6), loss_fn)
+    synchronize(batch[0].device)  # a GPU's queued kernels belong to the timing
     return (time.perf_counter() - start) / iterations
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA runs kernels asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def nonnegative_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -216,12 +235,9 @@ def profile_model(
         raise ProfilingError(
             f"{exc}; pass the shape of the data set it is meant for (--input-shape C,H,W)"
         ) from exc
+    model = model.to(settings.device)
     layout = ModelLayout.from_model(model)
-    generator = torch.Generator().manual_seed(settings.seed)
-    batch = (
-        torch.randn((batch_size, *input_shape), generator=generator),
-        torch.randint(0, num_classes, (batch_size,), generator=generator),
-    )
+    batch = _batch(batch_size, input_shape, num_classes, settings)
     try:
         dense = time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up
     except RuntimeError as exc:
@@ -343,15 +359,11 @@ def profile_widths(
     rng = np.random.default_rng(settings.seed)
     full = build_model(model_name, num_classes, input_shape, seed=settings.seed)
     full_layout = ModelLayout.from_model(full)
-    generator = torch.Generator().manual_seed(settings.seed)
-    batch = (
-        torch.randn((batch_size, *input_shape), generator=generator),
-        torch.randint(0, num_classes, (batch_size,), generator=generator),
-    )
+    batch = _batch(batch_size, input_shape, num_classes, settings)
     configs = width_configurations(full_layout, widths)
     models = []
     for config in configs:
-        model = narrowed(full, full_layout, config)
+        model = narrowed(full, full_layout, config).to(settings.device)
         layout = ModelLayout.from_model(model)
         try:
             time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up

@@ -85,7 +85,8 @@ class TrainingHooks:
       (Gibbs pruning samples its own masks);
     * :meth:`forward` replaces ``model(inputs)`` (a sampled mask, channel gates);
     * :meth:`penalty` adds a term to the loss (a FLOPs budget);
-    * :meth:`extra_parameters` are trained with the model's (gate parameters);
+    * :meth:`extra_parameters` are trained with the model's (gate parameters), on
+      the model's device once :meth:`place` has moved them;
     * :meth:`client_mask` is the mask the client reports after training, when it
       chose its own; the reply then carries that mask and its values;
     * :meth:`report` adds per-round statistics to the reply (gate values);
@@ -94,6 +95,9 @@ class TrainingHooks:
     """
 
     enforce_mask: bool = True
+
+    def place(self, device: torch.device) -> None:
+        """Move the hooks' own tensors (gates) to the model's device, before training starts."""
 
     def before_forward(self, model: nn.Module, step: int) -> None:
         """Called after the mask is enforced and before the forward pass."""
@@ -146,8 +150,27 @@ def _prunable_masks(
     for t in layout.prunable:
         part = mask[t.slice]
         if not part.all():
-            pairs.append((named[t.name], torch.from_numpy(part.reshape(t.shape)).to(torch.float32)))
+            parameter = named[t.name]
+            float_mask = torch.from_numpy(part.reshape(t.shape)).to(
+                device=parameter.device, dtype=torch.float32
+            )
+            pairs.append((parameter, float_mask))
     return pairs
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device ``model``'s parameters live on (see :mod:`common.device`)."""
+    return next(model.parameters()).device
+
+
+def on_device(
+    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` on ``device``; the same tensors when they are there already (a view on the device)."""
+    inputs, labels = batch
+    if inputs.device != device:
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return inputs, labels
 
 
 class GradientAccumulator:
@@ -164,10 +187,11 @@ class GradientAccumulator:
         named = dict(model.named_parameters())
         self.layout = layout
         self.squares = squares
-        self.entries = [
-            (t.slice, named[t.name], torch.zeros(named[t.name].shape, dtype=torch.float32))
-            for t in layout.parameters
-        ]
+        self.entries: list[tuple[slice, nn.Parameter, torch.Tensor]] = []
+        for t in layout.parameters:
+            parameter = named[t.name]  # the sum lives where the gradient does (CPU or GPU)
+            total = torch.zeros(parameter.shape, dtype=torch.float32, device=parameter.device)
+            self.entries.append((t.slice, parameter, total))
 
     def add(self) -> None:
         """Add the parameters' current ``.grad`` (g_t, or g_t ** 2)."""
@@ -183,7 +207,7 @@ class GradientAccumulator:
         """The sums as one float32 vector over the layout's floats (zero where no parameter)."""
         flat = np.zeros(self.layout.num_floats, dtype=np.float32)
         for where, _, total in self.entries:
-            flat[where] = total.reshape(-1).numpy()
+            flat[where] = total.reshape(-1).cpu().numpy()
         return flat
 
 
@@ -219,6 +243,8 @@ def train_locally(
     """
     hooks = hooks or TrainingHooks()
     flush_denormals()
+    device = model_device(model)
+    hooks.place(device)
     model.train()
     pairs = _prunable_masks(model, layout, mask) if hooks.enforce_mask or masked_forward else []
     optimizer = torch.optim.SGD(
@@ -239,7 +265,7 @@ def train_locally(
             for p, m in pairs:
                 p.mul_(m)
         hooks.before_forward(model, step)
-        inputs, labels = next(batches)
+        inputs, labels = on_device(next(batches), device)
         optimizer.zero_grad(set_to_none=False)
         loss = loss_fn(hooks.forward(model, inputs), labels)
         penalty = hooks.penalty(model)
@@ -276,8 +302,10 @@ def evaluate(model: nn.Module, view: DataView, loss_fn: LossFn, batch_size: int 
     """Mean loss and accuracy of ``model`` on ``view`` (zeros for an empty view)."""
     flush_denormals()
     model.eval()
+    device = model_device(model)
     loss_sum, correct = 0.0, 0
-    for inputs, labels in view.in_order(batch_size):
+    for batch in view.in_order(batch_size):
+        inputs, labels = on_device(batch, device)
         logits = model(inputs)
         loss_sum += float(loss_fn(logits, labels)) * len(labels)
         correct += int((logits.argmax(dim=1) == labels).sum())
@@ -298,7 +326,11 @@ def masked_accuracy(
     for p, m in pairs:
         p.mul_(m)
     model.eval()
-    correct = sum(int((model(x).argmax(dim=1) == y).sum()) for x, y in batches)
+    device = model_device(model)
+    correct = 0
+    for batch in batches:
+        x, y = on_device(batch, device)
+        correct += int((model(x).argmax(dim=1) == y).sum())
     total = sum(len(y) for _, y in batches)
     for (p, _), old in zip(pairs, stale, strict=True):
         p.copy_(old)

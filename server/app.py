@@ -28,6 +28,7 @@ from flwr.supercore import log
 from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel, ProfileError, load_profile
 from common.data import DATASETS, load_dataset
+from common.device import cuda_available, resolve_device
 from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import MethodEnv
@@ -151,6 +152,15 @@ def preflight(config: AppConfig) -> ModelLayout:
         ) from exc
     layout = ModelLayout.from_model(model)
     cost_model_for(config, layout)
+    resolve_device(config.train.device)
+    sim = config.simulation
+    if sim.client_gpus > 0 and not sim.cluster_address() and not cuda_available():
+        raise ConfigError(
+            "simulation.client-gpus",
+            sim.client_gpus,
+            "0 on this machine: torch sees no CUDA device here "
+            "(attach to a Ray cluster with GPUs through simulation.ray-address, or set 0)",
+        )
     data_dir = config.data.resolved_dir()
     if data_dir is not None and not data_dir.is_dir():
         if config.data.dir:
@@ -199,7 +209,8 @@ def run_federation(
     evaluator = None
     if config.evaluate.server:
         dataset = load_dataset(config.data.dataset, config.data.resolved_dir(), config.data.download)
-        evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
+        device = resolve_device(config.train.device)
+        evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss, device)
 
     describe_config = ConfigRecord(dict(task.to_flat()))
     nodes.wait_for(

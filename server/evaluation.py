@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from common.data import ArrayDataset, test_view
 from common.models import build_model
 from common.training import Evaluation, evaluate, load_flat, make_loss
@@ -12,9 +14,12 @@ from .global_model import GlobalModel
 class CentralEvaluator:
     """Evaluates the effective model (pruned weights zero) on a data set's test split."""
 
-    def __init__(self, model_name: str, dataset: ArrayDataset, loss: str) -> None:
-        self.model = build_model(model_name, dataset.num_classes, dataset.input_shape)
-        self.view = test_view(dataset)
+    def __init__(
+        self, model_name: str, dataset: ArrayDataset, loss: str, device: torch.device | None = None
+    ) -> None:
+        device = device or torch.device("cpu")
+        self.model = build_model(model_name, dataset.num_classes, dataset.input_shape).to(device)
+        self.view = test_view(dataset).on(device)  # the test set crosses to a GPU once
         self.loss_fn = make_loss(loss, dataset.num_classes)
 
     def __call__(self, global_model: GlobalModel) -> Evaluation:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
@@ -28,6 +29,7 @@ from flwr.supercore import log
 from common import keys
 from common.config import AppConfig
 from common.cost_model import CostModel
+from common.device import resolve_device
 from common.initial_data import initial_data_for
 from common.pruning import InitialDataSpec, InitialPruning, PruningMethod
 from common.pruning.base import settings_dict
@@ -90,7 +92,8 @@ def run_initial_pruning(
     if where == "server":
         described = [n.num_partitions for n in nodes.ordered()]
         num_partitions = max(described, default=config.simulation.num_clients)
-        report = _on_server(method, model, cost, task, spec, num_partitions)
+        device = resolve_device(config.train.device)
+        report = _on_server(method, model, cost, task, spec, num_partitions, device)
     else:
         report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
     report.seconds = time.monotonic() - started
@@ -150,6 +153,7 @@ def _on_server(
     task: TaskSpec,
     spec: InitialDataSpec,
     num_partitions: int,
+    device: torch.device,
 ) -> InitialPruningReport:
     """Initial pruning on the data of partition ``spec.partition_id``, loaded by the server."""
     data = initial_data_for(
@@ -161,6 +165,7 @@ def _on_server(
         spec.batches,
         spec.batch_size,
         cost,
+        device,
     )
     result = method.initial_mask(model.floats, model.mask, data)
     _adopt(model, result)

@@ -350,6 +350,10 @@ def profile(
         float | None,
         typer.Option(help="Link bytes/s each way, measured by you (default: PruneFL's assumed 1.44 MB/s)."),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Where the steps run: auto, cpu, cuda, cuda:N or mps (default: train.device)."),
+    ] = None,
 ) -> None:
     """Measure this device's cost-model coefficients for model.name and write its profile.
 
@@ -369,6 +373,7 @@ def profile(
 
     from common.cost_model import ProfileError, load_profile
     from common.data import DATASETS
+    from common.device import describe_device, resolve_device
     from common.profiling import (
         DeviceInfo,
         ModelProfile,
@@ -382,6 +387,11 @@ def profile(
 
     try:
         resolved = load_config(preset_path(config), set_ or [])
+        where = (
+            resolve_device(device, "--device", what="option")
+            if device
+            else resolve_device(resolved.train.device)
+        )
     except ConfigError as exc:
         raise _fail(exc, 2) from None
     source = DATASETS[resolved.data.dataset]
@@ -392,12 +402,13 @@ def profile(
     model_name, batch_size, loss = resolved.model.name, resolved.train.batch_size, resolved.train.loss
     console.print(
         f"profiling {model_name}: inputs {shape}, {num_classes} classes, batch {batch_size}, "
-        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} "
+        f"on {describe_device(where)}, {torch.get_num_threads()} torch threads, "
+        f"load average {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs ..."
     )
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     try:
-        settings = ProfileSettings(_densities(densities), repeats, min_seconds)
+        settings = ProfileSettings(_densities(densities), repeats, min_seconds, device=where)
         fit = profile_model(model_name, num_classes, shape, batch_size, loss, settings)
     except ProfilingError as exc:
         raise _fail(exc, 2) from None
@@ -441,7 +452,9 @@ def profile(
             True,
             "measured by the user, given to fedprune profile",
         )
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {describe_device(where)}"
+    )
     device = DeviceInfo(
         name=name or output.name.removesuffix(".toml"),
         description=description or f"{platform.node()} ({machine})",

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from flwr.simulation import run_simulation
 
-from client.app import THREADS_ENV
+from client.app import DEVICE_ENV, THREADS_ENV
 from client.app import app as client_app
-from common.config import AppConfig
+from common.config import AppConfig, SimulationSettings
 from server.app import RunSummary, build_server_app
 from server.checkpoint import Checkpoint
 from server.results import RoundRow
@@ -18,6 +18,25 @@ from server.results import RoundRow
 
 class SimulationError(RuntimeError):
     """The simulation ended without a summary; the log above says why."""
+
+
+def backend_config(settings: SimulationSettings) -> dict[str, object]:
+    """Flower's Ray backend configuration: each client's resources and ``ray.init``'s arguments.
+
+    Flower's actor pool places one ClientApp actor per ``client_resources`` that the
+    cluster can hold, on whichever nodes have them, so a cluster of several nodes
+    runs clients on all of them; a fractional ``num_gpus`` lets clients share a GPU.
+    With an address, ``ray.init`` attaches to that running cluster instead of
+    starting one on this machine.
+    """
+    init_args: dict[str, object] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    address = settings.cluster_address()
+    if address:
+        init_args["address"] = address
+    return {
+        "client_resources": {"num_cpus": settings.client_cpus, "num_gpus": settings.client_gpus},
+        "init_args": init_args,
+    }
 
 
 def simulate(
@@ -36,19 +55,16 @@ def simulate(
     takes everything it needs from the messages and its node config.
     """
     os.environ[THREADS_ENV] = str(config.simulation.client_threads)
+    os.environ[DEVICE_ENV] = config.train.device
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
     server_app = build_server_app(config, on_finish=summaries.append, resume=resume, on_round=on_round)
-    backend_config = {
-        "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": 0.0},
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
-    }
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=config.simulation.num_clients,
-        backend_config=backend_config,  # type: ignore[arg-type]
+        backend_config=backend_config(config.simulation),  # type: ignore[arg-type]
     )
     if not summaries:
         raise SimulationError("the simulation ended before the ServerApp finished; see the log above")

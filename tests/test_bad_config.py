@@ -53,6 +53,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "momentum-one": (["--set", "train.momentum=1"], ["'train.momentum' = 1.0", "[0, 1)"]),
     "client-cpus-zero": (["--set", "simulation.client-cpus=0"], ["'simulation.client-cpus' = 0.0", "> 0"]),
+    "client-gpus-negative": (
+        ["--set", "simulation.client-gpus=-0.5"],
+        ["'simulation.client-gpus' = -0.5", ">= 0"],
+    ),
+    "device-unknown": (
+        ["--set", "train.device=gpu"],
+        ["'train.device' = 'gpu'", "auto, cpu, cuda, cuda:N, mps"],
+    ),
     "checkpoint-every-negative": (
         ["--set", "output.checkpoint-every=-2"],
         ["'output.checkpoint-every' = -2", ">= 0"],

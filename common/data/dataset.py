@@ -27,8 +27,8 @@ class Standardize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, len(self.mean), 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
         return (scale_255(x) - mean) / std
 
 
@@ -68,6 +68,26 @@ class DataView:
 
     def __len__(self) -> int:
         return int(self.indices.numel())
+
+    def on(self, device: torch.device) -> DataView:
+        """This view's samples gathered onto ``device`` once; the view itself on the CPU.
+
+        A round's batches are then cut on the device, so data crosses to a GPU once
+        per round rather than once per step (through pinned memory, without
+        blocking). The batches are the same samples in the same order: the order is
+        drawn on the CPU either way.
+        """
+        if device.type == "cpu":
+            return self
+        x, y = self.x[self.indices], self.y[self.indices]
+        if device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return DataView(
+            x.to(device, non_blocking=True),
+            y.to(device, non_blocking=True),
+            torch.arange(len(self), device=device),
+            self.to_inputs,
+        )
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.indices[idx]

@@ -156,7 +156,7 @@ class GibbsHooks(TrainingHooks):
         with torch.no_grad():
             for name, n in self.units.items():
                 keep = deterministic_mask(params[name], n, self.settings.target_density)
-                params[name].mul_(keep.to(params[name].dtype))
+                params[name].mul_(keep.to(params[name].device, params[name].dtype))
                 spec = next(t for t in layout.prunable if t.name == name)
                 own[spec.slice] = keep.reshape(-1).numpy()
         return own

@@ -49,8 +49,12 @@ def unit_size(shape: tuple[int, ...], mode: Mode, is_output: bool) -> int:
 
 
 def unit_magnitudes(weight: torch.Tensor, n: int, normalize: bool) -> torch.Tensor:
-    """u = w^2 (over the layer's mean w^2 when ``normalize``), as (units, n)."""
-    u = weight.detach().to(torch.float64).reshape(-1, n) ** 2
+    """u = w^2 (over the layer's mean w^2 when ``normalize``), as (units, n).
+
+    Always on the CPU, in float64: the sampler draws from a CPU generator, so a mask
+    is the same whatever device the model trains on.
+    """
+    u = weight.detach().to("cpu", torch.float64).reshape(-1, n) ** 2
     if normalize:
         u = u / u.mean().clamp_min(1e-30)
     return u
@@ -133,11 +137,11 @@ def sample_mask(
     fields = beta * (u - q) / 2
     start = torch.where(deterministic_units(scores, density), 1.0, -1.0).unsqueeze(1).expand(-1, n)
     spins = sample_spins(fields, beta * coupling, generator, start, steps, exact_max)
-    return (spins > 0).reshape(weight.shape).to(weight.dtype)
+    return (spins > 0).reshape(weight.shape).to(device=weight.device, dtype=weight.dtype)
 
 
 def deterministic_mask(weight: torch.Tensor, n: int, density: float) -> torch.Tensor:
-    """The test-time mask: the units of largest mean w^2 at ``density`` (bool, ``weight``'s shape)."""
+    """The test-time mask: the units of largest mean w^2 at ``density`` (bool, ``weight``'s shape, CPU)."""
     scores = unit_magnitudes(weight, n, normalize=False).mean(1)
     keep = deterministic_units(scores, density)
     return keep.unsqueeze(1).expand(-1, n).reshape(weight.shape)

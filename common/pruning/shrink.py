@@ -94,7 +94,7 @@ def shrink_model(
     state = tagged.state_dict()
     positions = np.concatenate(
         [
-            state[t.name].detach().reshape(-1).numpy().astype(np.int64)
+            state[t.name].detach().reshape(-1).cpu().numpy().astype(np.int64)
             for t in small_layout.tensors
             if t.is_float
         ]

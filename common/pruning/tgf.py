@@ -139,6 +139,9 @@ class GateHooks(TrainingHooks):
         ]
         self.values: list[torch.Tensor] = []
 
+    def place(self, device: torch.device) -> None:
+        self.gates = [g.detach().to(device).requires_grad_(True) for g in self.gates]
+
     def extra_parameters(self) -> list[torch.Tensor]:
         return list(self.gates)
 
@@ -150,9 +153,10 @@ class GateHooks(TrainingHooks):
         for group, value in zip(self.structure.groups, self.values, strict=True):
             for item in group.outputs:
                 param = gated.get(item.name, params[item.name])
-                factor = torch.ones(param.shape[0], dtype=param.dtype).index_copy(
-                    0, torch.from_numpy(item.index), value[torch.from_numpy(item.root)]
-                )
+                index = torch.from_numpy(item.index).to(param.device)
+                root = torch.from_numpy(item.root).to(param.device)
+                factor = torch.ones(param.shape[0], dtype=param.dtype, device=param.device)
+                factor = factor.index_copy(0, index, value[root])
                 gated[item.name] = param * factor.view(-1, *([1] * (param.dim() - 1)))
         return torch.func.functional_call(model, gated, (inputs,))
 
