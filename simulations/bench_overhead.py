@@ -1,0 +1,434 @@
+"""fedprune's round time against a plain Flower app doing the same work, and the compute floor.
+
+Four configurations run the same model, data, partitions, batches, clients, local
+steps and server-side evaluation (every round, on the whole test split), each in a
+fresh process, interleaved (A, B, C, D, A, B, ...) so that a drift of the machine's
+speed reaches all of them alike:
+
+``flower``
+    a plain Flower Message-API app contained in this script: Flower's built-in
+    ``FedAvg``, the model's state as NumPy arrays in an ``ArrayRecord``, and the
+    same training loop (:func:`common.training.train_locally` without a mask),
+    on Flower's simulation engine with one CPU per client, as fedprune runs;
+``dense``
+    ``fedprune simulate`` with ``pruning.method=none``;
+``prunefl``
+    ``fedprune simulate`` with PruneFL at a fixed density: initial pruning off and
+    ``max-density`` 0.13 (and ``max-removal`` 0.95), so round ``--warmup`` (a
+    reconfiguration round) prunes to at most 13% and the timed rounds run the pruned
+    model, with PruneFL's importance and its reconfigurations every ``--warmup`` rounds;
+``floor``
+    the compute alone, no Flower: the same local steps of every client in a pool of
+    worker processes (one per CPU), the sample-weighted mean, the same evaluation.
+
+Round wall times are measured: by the plain app from its evaluation callback
+(rounds end when it runs), by fedprune from ``rounds.csv``, by the floor around
+each round. Rounds up to ``--warmup`` are not counted. The share of a round *not*
+in local training leaves the server's evaluation out (it is shown on its own):
+``1 - training / (round - evaluation)``, where training is the union of the
+clients' training intervals, as ``phases.csv`` counts it.
+
+    python -m simulations.bench_overhead [--model digits|lenet5|conv2] [--rounds 12 --warmup 2 --repeats 2]
+
+prints a Markdown table and ends with exactly one line
+``overhead: dense/flower=R1 prunefl/flower=R2 dense-not-training=P1% prunefl-not-training=P2%``.
+LeNet-5 needs MNIST and Conv-2 the FEMNIST sample under ``--data-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CONFIGURATIONS = ("flower", "dense", "prunefl", "floor")
+MODELS: dict[str, list[str]] = {
+    "digits": [],  # the default run: digits-cnn on scikit-learn's digits, 10 clients
+    "lenet5": ["data.dataset=mnist", "model.name=lenet5"],
+    "conv2": [
+        "data.dataset=femnist",
+        "data.partitioning=natural",
+        "model.name=conv2",
+        "train.lr=0.25",
+        "train.local-steps=5",
+        "train.batch-size=20",
+        "train.loss=bce-one-hot",
+    ],
+}
+PRUNED_DENSITY = 0.13
+
+
+def overrides(
+    model: str, configuration: str, rounds: int, warmup: int, data_dir: str, out: Path
+) -> list[str]:
+    """The run configuration of one benchmark run, as ``--set`` overrides."""
+    method = {
+        "dense": ["pruning.method=none"],
+        "prunefl": [
+            "pruning.method=prunefl",
+            "pruning.prunefl.initial-pruning=off",
+            f"pruning.prunefl.reconfig-interval={warmup}",
+            f"pruning.prunefl.max-density={PRUNED_DENSITY}",
+            "pruning.prunefl.max-removal=0.95",  # reach the density in one reconfiguration
+        ],
+    }.get(configuration, ["pruning.method=none"])
+    return [
+        *MODELS[model],
+        *([f"data.dir={data_dir}"] if data_dir else []),
+        f"federation.rounds={rounds}",
+        "federation.seed=0",
+        "evaluate.server=true",
+        "evaluate.every=1",
+        "output.checkpoint-every=0",
+        f"output.dir={out}",
+        f"output.name={configuration}",
+        *method,
+    ]
+
+
+# -- the plain Flower app ---------------------------------------------------------------
+def run_flower(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
+    """FedAvg over ``config``'s clients with Flower's own strategy; one dict per round into ``timings``."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from common.data import load_dataset
+    from common.layout import ModelLayout
+    from common.models import build_model
+    from common.task import client_data
+    from common.training import SgdSettings, evaluate, make_loss, train_locally
+    from server.app import task_for_run
+    from server.evaluation import CentralEvaluator
+    from server.phases import union_length
+
+    data_dir = config.data.resolved_dir()
+    dataset = load_dataset(config.data.dataset, data_dir)
+    model = build_model(
+        config.model.name, dataset.num_classes, dataset.input_shape, seed=config.federation.seed
+    )
+    layout = ModelLayout.from_model(model)
+    task = task_for_run(config, layout)
+    clients = config.simulation.num_clients
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        torch.set_num_threads(config.simulation.client_threads)
+        partition = int(context.node_config["partition-id"])
+        server_round = int(message.content["config"]["server-round"])
+        spec = dataclasses.replace(task, server_round=server_round)
+        data = client_data(spec, data_dir, int(context.node_config["num-partitions"]), partition)
+        local = build_model(config.model.name, dataset.num_classes, dataset.input_shape)
+        local.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        # the batches of fedprune's ClientApp: seeded by (seed, round, partition)
+        seed = int(np.random.SeedSequence([spec.seed, server_round, partition]).generate_state(1)[0])
+        started = time.time()
+        result = train_locally(
+            local,
+            layout,
+            layout.full_mask(),
+            data.train.batches(spec.batch_size, seed),
+            spec.local_steps,
+            SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
+            make_loss(spec.loss, dataset.num_classes),
+        )
+        metrics = {"num-examples": result.samples, "train-start": started, "train-end": time.time()}
+        content = RecordDict({"arrays": ArrayRecord(local.state_dict()), "metrics": MetricRecord(metrics)})
+        return Message(content, reply_to=message)
+
+    intervals: dict[int, list[tuple[float, float]]] = {}
+
+    class TimedFedAvg(FedAvg):
+        """Flower's FedAvg; keeps each reply's training interval before aggregating."""
+
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 - Flower's signature
+            replies = list(replies)
+            intervals[server_round] = [
+                (float(r.content["metrics"]["train-start"]), float(r.content["metrics"]["train-end"]))
+                for r in replies
+                if r.has_content()
+            ]
+            return super().aggregate_train(server_round, replies)
+
+    evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
+    marks: list[tuple[int, float, float]] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.monotonic()
+        evaluator.model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(evaluator.model, evaluator.view, evaluator.loss_fn)
+        marks.append((server_round, started, time.monotonic()))
+        return MetricRecord({"accuracy": result.accuracy})
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = TimedFedAvg(
+            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients
+        )
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=config.federation.rounds,
+            train_config=ConfigRecord({"lr": config.train.lr}),
+            evaluate_fn=evaluate_fn,
+        )
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=clients,
+        backend_config={  # type: ignore[arg-type]
+            "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": 0.0},
+            "init_args": {"logging_level": 40, "log_to_driver": True},
+        },
+    )
+    for (_, _, previous_end), (server_round, started, ended) in zip(marks, marks[1:], strict=False):
+        timings.append(
+            {
+                "round": server_round,
+                "wall_s": ended - previous_end,
+                "evaluate_s": ended - started,
+                "training_s": union_length(intervals.get(server_round, [])),
+            }
+        )
+
+
+# -- fedprune ---------------------------------------------------------------------------
+def run_fedprune(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
+    """``fedprune simulate`` of ``config``; its rounds.csv and phases.csv into ``timings``."""
+    from simulations.runner import simulate
+
+    summary = simulate(config)
+    folder = Path(summary.results_dir)
+    with open(folder / "rounds.csv", newline="") as handle:
+        rounds = {int(r["round"]): r for r in csv.DictReader(handle)}
+    with open(folder / "phases.csv", newline="") as handle:
+        phases = {int(r["round"]): r for r in csv.DictReader(handle)}
+    for server_round in sorted(r for r in rounds if r >= 1):
+        phase = phases.get(server_round, {})
+        timings.append(
+            {
+                "round": server_round,
+                "wall_s": float(rounds[server_round]["wall_time_s"]),
+                "evaluate_s": float(phase.get("server_evaluate_s", 0.0)),
+                "training_s": float(phase.get("training_wall_s", 0.0)),
+                "density": float(rounds[server_round]["density"]),
+            }
+        )
+
+
+# -- the compute floor ------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _floor_init(flat: dict) -> None:
+    import torch
+
+    from common.config import AppConfig
+    from common.data import load_dataset
+    from common.layout import ModelLayout
+    from common.models import build_model
+    from server.app import task_for_run
+
+    torch.set_num_threads(1)
+    config = AppConfig.from_flat(flat)
+    dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+    model = build_model(config.model.name, dataset.num_classes, dataset.input_shape)
+    layout = ModelLayout.from_model(model)
+    _WORKER.update(
+        config=config, dataset=dataset, model=model, layout=layout, task=task_for_run(config, layout)
+    )
+
+
+def _floor_train(partition: int, server_round: int, floats: np.ndarray, ints: np.ndarray) -> tuple:
+    from common.task import client_data
+    from common.training import SgdSettings, load_flat, make_loss, train_locally
+
+    config, dataset, model, layout = (_WORKER[k] for k in ("config", "dataset", "model", "layout"))
+    spec = dataclasses.replace(_WORKER["task"], server_round=server_round)
+    data = client_data(spec, config.data.resolved_dir(), config.simulation.num_clients, partition)
+    load_flat(model, layout, floats, ints)
+    seed = int(np.random.SeedSequence([spec.seed, server_round, partition]).generate_state(1)[0])
+    started = time.time()
+    result = train_locally(
+        model,
+        layout,
+        layout.full_mask(),
+        data.train.batches(spec.batch_size, seed),
+        spec.local_steps,
+        SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
+        make_loss(spec.loss, dataset.num_classes),
+    )
+    trained, new_ints = layout.flatten(model.state_dict())
+    return trained, new_ints, result.samples, started, time.time()
+
+
+def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
+    """The same local steps and evaluation with no Flower: a process pool, one worker per CPU."""
+    from common.data import load_dataset
+    from common.layout import ModelLayout
+    from common.models import build_model
+    from common.training import load_flat
+    from server.evaluation import CentralEvaluator
+    from server.phases import union_length
+
+    dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
+    model = build_model(
+        config.model.name, dataset.num_classes, dataset.input_shape, seed=config.federation.seed
+    )
+    layout = ModelLayout.from_model(model)
+    floats, ints = layout.flatten(model.state_dict())
+    evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
+    workers = min(
+        config.simulation.num_clients, max(1, int((os.cpu_count() or 1) / config.simulation.client_cpus))
+    )
+    with ProcessPoolExecutor(workers, initializer=_floor_init, initargs=(config.to_flat(),)) as pool:
+        for server_round in range(1, config.federation.rounds + 1):
+            started = time.monotonic()
+            futures = [
+                pool.submit(_floor_train, p, server_round, floats, ints)
+                for p in range(config.simulation.num_clients)
+            ]
+            results = [f.result() for f in futures]
+            weights = np.array([r[2] for r in results], dtype=np.float64)
+            floats = (np.stack([r[0] for r in results]) * (weights / weights.sum())[:, None]).sum(0)
+            floats = floats.astype(np.float32)
+            ints = results[-1][1]
+            evaluated = time.monotonic()
+            load_flat(evaluator.model, layout, floats, ints)
+            from common.training import evaluate
+
+            evaluate(evaluator.model, evaluator.view, evaluator.loss_fn)
+            ended = time.monotonic()
+            timings.append(
+                {
+                    "round": server_round,
+                    "wall_s": ended - started,
+                    "evaluate_s": ended - evaluated,
+                    "training_s": union_length([(r[3], r[4]) for r in results]),
+                }
+            )
+
+
+RUNNERS = {"flower": run_flower, "dense": run_fedprune, "prunefl": run_fedprune, "floor": run_floor}
+
+
+def run_one(model: str, configuration: str, rounds: int, warmup: int, data_dir: str, out: Path) -> list[dict]:
+    """One run in this process (``--one``); its per-round timings."""
+    import logging
+
+    from common.config import load_config
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    config = load_config(None, overrides(model, configuration, rounds, warmup, data_dir, out))
+    timings: list[dict] = []
+    RUNNERS[configuration](config, timings)
+    return timings
+
+
+# -- the whole benchmark ----------------------------------------------------------------
+def summarise(timings: list[dict], warmup: int) -> dict:
+    counted = [t for t in timings if t["round"] > warmup]
+    walls = [t["wall_s"] for t in counted]
+    not_training = [
+        1 - t["training_s"] / (t["wall_s"] - t["evaluate_s"])
+        for t in counted
+        if t["wall_s"] > t["evaluate_s"]
+    ]
+    return {
+        "rounds": len(counted),
+        "median_s": statistics.median(walls),
+        "mean_s": statistics.fmean(walls),
+        "min_s": min(walls),
+        "max_s": max(walls),
+        "evaluate_s": statistics.fmean(t["evaluate_s"] for t in counted),
+        "not_training": statistics.fmean(not_training) if not_training else float("nan"),
+        "density": statistics.fmean(t.get("density", 1.0) for t in counted),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="digits")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds per run, warm-up included")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="rounds not counted (PruneFL prunes at this round)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, interleaved")
+    parser.add_argument("--data-dir", default=os.environ.get("FEDPRUNE_DATA_DIR", ""))
+    parser.add_argument("--output", type=Path, default=Path("results/bench_overhead"))
+    parser.add_argument("--one", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds <= args.warmup:
+        parser.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup})")
+    if args.one:
+        timings = run_one(args.model, args.one, args.rounds, args.warmup, args.data_dir, args.output)
+        print("TIMINGS " + json.dumps(timings))
+        return 0
+
+    load_before = os.getloadavg()
+    per_config: dict[str, list[dict]] = {c: [] for c in CONFIGURATIONS}
+    for repeat in range(args.repeats):
+        for configuration in CONFIGURATIONS:
+            out = args.output / f"{args.model}-{configuration}-{repeat}"
+            command = [sys.executable, "-m", "simulations.bench_overhead", "--one", configuration]
+            command += ["--model", args.model, "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+            command += ["--data-dir", args.data_dir, "--output", str(out)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("TIMINGS ")]
+            if done.returncode != 0 or not lines:
+                tail = f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
+                print(f"{configuration} failed (exit {done.returncode}):\n{tail}")
+                return 1
+            per_config[configuration].extend(json.loads(lines[-1].removeprefix("TIMINGS ")))
+            print(f"run {repeat + 1}/{args.repeats} {configuration}: done", file=sys.stderr)
+    load_after = os.getloadavg()
+    figures = {c: summarise(t, args.warmup) for c, t in per_config.items()}
+
+    timed = args.rounds - args.warmup
+    print(f"# Round overhead: {args.model}, 10 clients, {timed} timed rounds x {args.repeats}")
+    print(
+        f"\n{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+    )
+    print(
+        "| configuration | rounds | median (s) | mean (s) | min (s) | max (s) "
+        "| evaluation (s) | not training | density |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, f in figures.items():
+        print(
+            f"| {name} | {f['rounds']} | {f['median_s']:.3f} | {f['mean_s']:.3f} | {f['min_s']:.3f} | "
+            f"{f['max_s']:.3f} | {f['evaluate_s']:.3f} | {100 * f['not_training']:.1f}% "
+            f"| {f['density']:.3f} |"
+        )
+    flower = figures["flower"]["mean_s"]
+    print(
+        f"\noverhead: dense/flower={figures['dense']['mean_s'] / flower:.2f} "
+        f"prunefl/flower={figures['prunefl']['mean_s'] / flower:.2f} "
+        f"dense-not-training={100 * figures['dense']['not_training']:.0f}% "
+        f"prunefl-not-training={100 * figures['prunefl']['not_training']:.0f}%"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
