@@ -77,7 +77,7 @@ class Federation:
         home = self.workdir / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
         command = executable(argv if argv is not None else self.network.argv(name), BIN)
-        log = (self.workdir / f"{name}.log").open("w")
+        log = (self.workdir / f"{name}.log").open("a")  # a restarted service appends
         env = {**environment(home), "FEDPRUNE_CLIENT_THREADS": "1"}
         self.processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True
@@ -224,28 +224,33 @@ def read_messages(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation(tmp_path_factory.mktemp("federation"))
+def bring_up(fed: Federation) -> None:
+    """Credentials, then every service of compose.yml, the nodes registered by the operator."""
     # NODES registered key pairs and one more that is never registered.
     subprocess.run(
         [str(DOCKER / "certs" / "generate.sh"), "-o", str(fed.certs), "-n", str(NODES + 1), DEVICES_SIDE],
         check=True,
         capture_output=True,
     )
+    fed.start("superlink")
+    fed.wait_for_port("superlink", "9093")
+    fed.start("fleet-gateway")
+    fed.wait_for_port("fleet-gateway", "9092")
+    fed.configure_cli()
+    for i in range(NODES):
+        registered = fed.flwr("supernode", "register", str(fed.certs / f"node-{i}.pub"), CONNECTION)
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+    fed.start("serverapp")
+    for i in range(NODES):
+        fed.start(f"supernode-{i}")
+        fed.start(f"clientapp-{i}")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    fed = Federation(tmp_path_factory.mktemp("federation"))
     try:
-        fed.start("superlink")
-        fed.wait_for_port("superlink", "9093")
-        fed.start("fleet-gateway")
-        fed.wait_for_port("fleet-gateway", "9092")
-        fed.configure_cli()
-        for i in range(NODES):
-            registered = fed.flwr("supernode", "register", str(fed.certs / f"node-{i}.pub"), CONNECTION)
-            assert registered.returncode == 0, registered.stdout + registered.stderr
-        fed.start("serverapp")
-        for i in range(NODES):
-            fed.start(f"supernode-{i}")
-            fed.start(f"clientapp-{i}")
+        bring_up(fed)
         yield fed
     finally:
         fed.stop_all()
