@@ -282,12 +282,14 @@ def killed_run(federation: Federation) -> FinishedRun:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(read_rounds(folder)) < KILL_AFTER + 1:  # rounds 0 to KILL_AFTER written
         assert process.poll() is None, (federation.workdir / "run-run.log").read_text()[-4000:]
-        federation.check_alive(may_die=("intruder",))
+        federation.check_alive(may_die=("intruder", "rogue-superexec"))
         assert time.monotonic() < deadline, f"round {KILL_AFTER} did not finish"
         time.sleep(0.5)
     federation.kill("supernode-2")
     federation.kill("clientapp-2")
-    output = federation.finish_run(process, "run", may_die=("intruder", "supernode-2", "clientapp-2"))
+    output = federation.finish_run(
+        process, "run", may_die=("intruder", "rogue-superexec", "supernode-2", "clientapp-2")
+    )
     return FinishedRun(output, folder, read_rounds(folder), read_messages(folder))
 
 
@@ -371,6 +373,19 @@ def test_starting_an_app_from_the_devices_side_is_refused(federation):
     assert started.returncode != 0, started.stdout
     after = federation.flwr("ls", CONNECTION, "--format", "json")
     assert json.loads(after.stdout)["runs"] == json.loads(before.stdout)["runs"]
+
+
+def test_a_superexec_without_the_shared_secret_gets_no_task(federation):
+    """The Runtime API answers a SuperExec's task requests only when signed with the secret."""
+    argv = federation.network.argv("serverapp")
+    flag = argv.index("--superexec-auth-secret-file")
+    del argv[flag : flag + 2]
+    federation.start("rogue-superexec", argv)
+    deadline = time.monotonic() + 120
+    while "SuperExec authentication failed" not in federation.log("superlink"):
+        assert time.monotonic() < deadline, federation.log("rogue-superexec")[-3000:]
+        time.sleep(0.5)
+    federation.kill("rogue-superexec")
 
 
 def test_an_unregistered_node_is_refused(federation):
