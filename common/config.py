@@ -195,11 +195,17 @@ class OutputSettings(Section):
     dir: str = "results"  # parent folder of the run's results folder
     name: str = ""  # the run's folder name; "" = <time>-<method>-<dataset>
     checkpoint_every: int = 10  # rounds between checkpoints (also after round 0 and the last); 0 = none
+    resume: str = ""  # a results folder to continue from its latest checkpoint (flwr run); "" = a new run
 
     def validate(self) -> None:
         self.require("dir", bool(self.dir), "a folder path")
         self.require("name", "/" not in self.name and self.name not in (".", ".."), "a plain folder name")
         self.require("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = no checkpoints)")
+        self.require(
+            "resume",
+            self.resume == self.resume.strip() and Path(self.resume).name not in (".", ".."),
+            'a results folder path without surrounding spaces, or "" for a new run',
+        )
 
 
 @dataclass(frozen=True)

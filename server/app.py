@@ -35,7 +35,7 @@ from common.pruning import MethodEnv
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
 
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
 from .global_model import GlobalModel
@@ -43,7 +43,7 @@ from .initial_pruning import InitialPruningError, InitialPruningReport, run_init
 from .messenger import Messenger
 from .nodes import NodeBook
 from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
-from .results import INITIAL_PRUNING_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
+from .results import CONFIG_FILE, INITIAL_PRUNING_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, format_bytes
 
@@ -186,10 +186,14 @@ def run_federation(
     """Run initial pruning and all rounds; write the results folder.
 
     With ``resume``, a checkpoint of this run's results folder, continue after the
-    checkpoint's round instead (see :func:`restore`). ``on_round`` is called with
-    every round's row as it is written (progress bars).
+    checkpoint's round instead (see :func:`restore`); without it, a configuration
+    whose ``output.resume`` names a results folder continues that folder's run
+    (``flwr run``, see :func:`resume_point`). ``on_round`` is called with every
+    round's row as it is written (progress bars).
     """
     started = time.monotonic()
+    if resume is None and config.output.resume:
+        config, resume = resume_point(config)
     fed = config.federation
     np.random.seed(fed.seed)
     results = ResultsWriter.create(config) if resume is None else ResultsWriter.reopen(config)
@@ -300,7 +304,28 @@ def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpo
     return InitialPruningReport(**{**report, "log": report.get("log") or {}})
 
 
-RELOCATABLE_KEYS = ("output.dir", "output.name")  # a results folder may be moved before resuming
+# A results folder may be moved before resuming, and the run that resumes it names it.
+RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume")
+
+
+def resume_point(config: AppConfig) -> tuple[AppConfig, Checkpoint]:
+    """The run ``output.resume`` names: ``config`` writing into that folder, and its latest checkpoint.
+
+    What ``fedprune simulate --resume`` does from the command line, for ``flwr
+    run``: the ServerApp, the SuperLink or the server machine restarted, and the
+    operator starts the same run configuration again with ``output.resume`` set.
+    Whether the configuration is the checkpoint's is checked by :func:`restore`
+    (every key but :data:`RELOCATABLE_KEYS`).
+    """
+    folder = Path(config.output.resume).expanduser().resolve()
+    if not (folder / CONFIG_FILE).is_file() or not (folder / ROUNDS_FILE).is_file():
+        raise ConfigError(
+            "output.resume",
+            config.output.resume,
+            f"the results folder of a fedprune run (with {CONFIG_FILE} and {ROUNDS_FILE}); {folder} is none",
+        )
+    output = dataclasses.replace(config.output, dir=str(folder.parent), name=folder.name)
+    return dataclasses.replace(config, output=output), latest_checkpoint(folder)
 
 
 def check_fits(checkpoint: Checkpoint, config: AppConfig, layout: ModelLayout) -> None:

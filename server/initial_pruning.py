@@ -17,6 +17,7 @@ the bytes exchanged; all of it is charged to round 0 of the results.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 
@@ -41,6 +42,7 @@ from common.wire.codec import decode_mask, decode_payload
 from .global_model import GlobalModel
 from .messenger import Messenger
 from .nodes import NodeBook
+from .progress import PROGRESS_INTERVAL_S, Heartbeat
 from .validation import (
     MAX_COUNT,
     Exchange,
@@ -89,13 +91,14 @@ def run_initial_pruning(
     spec = method.initial_data_spec()
     where, partition_id = spec.where, spec.partition_id
     started = time.monotonic()
-    if where == "server":
-        described = [n.num_partitions for n in nodes.ordered()]
-        num_partitions = max(described, default=config.simulation.num_clients)
-        device = resolve_device(config.train.device)
-        report = _on_server(method, model, cost, task, spec, num_partitions, device)
-    else:
-        report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
+    with Heartbeat(PROGRESS_INTERVAL_S, progress_line(where, partition_id, config.federation.round_timeout)):
+        if where == "server":
+            described = [n.num_partitions for n in nodes.ordered()]
+            num_partitions = max(described, default=config.simulation.num_clients)
+            device = resolve_device(config.train.device)
+            report = _on_server(method, model, cost, task, spec, num_partitions, device)
+        else:
+            report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
     report.seconds = time.monotonic() - started
     traffic = messenger.comm.rounds[0]
     report.bytes_down, report.bytes_up = traffic.down.measured.total, traffic.up.measured.total
@@ -113,6 +116,20 @@ def run_initial_pruning(
         report.modelled_seconds,
     )
     return report
+
+
+def progress_line(where: str, partition_id: int, round_timeout: float) -> Callable[[float], str]:
+    """The line logged while initial pruning runs, given the seconds it has run so far."""
+
+    def line(elapsed: float) -> str:
+        if where == "server":
+            return f"initial pruning on the server (partition {partition_id}): running for {elapsed:.0f} s"
+        return (
+            f"initial pruning on the node of partition {partition_id}: waiting for its reply for "
+            f"{elapsed:.0f} s (federation.round-timeout {round_timeout:.0f} s)"
+        )
+
+    return line
 
 
 def _checked_reply(

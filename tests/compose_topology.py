@@ -9,7 +9,9 @@ of this machine. What a container network provides is replaced explicitly:
   one port per (service, container port), so that three SuperNodes that all
   listen on 9094 in their own containers get three ports here;
 * ``--port N`` of a service becomes that service's local port for N, and
-  ``--host 0.0.0.0`` becomes ``--host 127.0.0.1`` (nothing listens beyond loopback);
+  ``--host 0.0.0.0`` becomes ``--host 127.0.0.1`` (nothing listens beyond loopback),
+  or the loopback address the caller gives that service (``hosts``: e.g. the
+  devices' side of the server on 127.0.0.2, its operator side on 127.0.0.1);
 * a container path of a bind mount becomes the host path it is mounted from
   (the service's own mount, else the one host path all services mount there).
 
@@ -126,9 +128,17 @@ def free_port() -> int:
 class LocalNetwork:
     """Stands in for the compose network: every (service, container port) gets a local port."""
 
-    def __init__(self, services: Mapping[str, Service]) -> None:
+    def __init__(self, services: Mapping[str, Service], hosts: Mapping[str, str] | None = None) -> None:
         self.services = services
+        self.hosts = dict(hosts or {})
+        for service, host in self.hosts.items():
+            if not host.startswith("127."):
+                raise ComposeError(f"{service}: {host} is not a loopback address")
         self.ports: dict[tuple[str, str], int] = {}
+
+    def host(self, service: str) -> str:
+        """The loopback address service ``service`` listens on here."""
+        return self.hosts.get(service, "127.0.0.1")
 
     def port(self, service: str, container_port: str) -> int:
         key = (service, container_port)
@@ -137,7 +147,7 @@ class LocalNetwork:
         return self.ports[key]
 
     def address(self, service: str, container_port: str) -> str:
-        return f"127.0.0.1:{self.port(service, container_port)}"
+        return f"{self.host(service)}:{self.port(service, container_port)}"
 
     def _mounts_seen_by(self, name: str) -> dict[str, str]:
         """Container path -> host path: the service's own mounts, and those every
@@ -161,7 +171,7 @@ class LocalNetwork:
             if previous == "--port":
                 word = str(self.port(name, word))
             elif previous == "--host" and word == "0.0.0.0":
-                word = "127.0.0.1"
+                word = self.host(name)
             else:
                 host, sep, port = word.rpartition(":")
                 if sep and host in self.services and port.isdigit():

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from common.settings import flatten
@@ -40,7 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 NODES = 3
-CONNECTION = "fedprune"
+CONNECTION = "fedprune"  # the operator's: the SuperLink's own port (Control API), on 127.0.0.1
+DEVICES_CONNECTION = "devices"  # what a device can reach: the Fleet gateway, on 127.0.0.2
+DEVICES_SIDE = "127.0.0.2"  # stands in for the server's LAN address, 127.0.0.1 for its loopback
 RUN_TIMEOUT_S = 900  # a bound for a hung run: one takes 3-7 minutes on a busy 2-core machine
 ROUNDS = 4  # three with every node, then one after node 2 died
 KILL_AFTER = 3
@@ -58,11 +62,12 @@ class Federation:
             "RESULTS_DIR": str(self.results),
             "DATA_DIR": str(workdir / "data"),
             "PROFILES_DIR": str(workdir / "profiles"),
+            "STATE_DIR": str(workdir / "state"),
         }
         for folder in env.values():
             Path(folder).mkdir(parents=True, exist_ok=True)
         self.services = load_services(DOCKER / "compose.yml", env)
-        self.network = LocalNetwork(self.services)
+        self.network = LocalNetwork(self.services, hosts={"fleet-gateway": DEVICES_SIDE})
         self.processes: dict[str, subprocess.Popen] = {}
         self.cli_home = workdir / "flwr-cli"
 
@@ -72,7 +77,7 @@ class Federation:
         home = self.workdir / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
         command = executable(argv if argv is not None else self.network.argv(name), BIN)
-        log = (self.workdir / f"{name}.log").open("w")
+        log = (self.workdir / f"{name}.log").open("a")  # a restarted service appends
         env = {**environment(home), "FEDPRUNE_CLIENT_THREADS": "1"}
         self.processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True
@@ -105,7 +110,7 @@ class Federation:
         while time.monotonic() < deadline:
             assert self.processes[service].poll() is None, self.log(service)[-3000:]
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection((self.network.host(service), port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.2)
@@ -113,14 +118,18 @@ class Federation:
 
     # -- the flwr CLI ----------------------------------------------------------------
     def configure_cli(self) -> None:
-        """A SuperLink connection in the CLI's config.toml, as the guide writes it."""
+        """The operator's SuperLink connection in the CLI's config.toml, as the guide writes it,
+        and one to the address the devices reach (the Fleet gateway), for the intruder tests."""
         self.cli_home.mkdir(parents=True, exist_ok=True)
-        address = self.network.address("superlink", "9093")
-        (self.cli_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{address}"\nroot-certificates = "{self.certs / "ca.crt"}"\n',
-            encoding="utf-8",
-        )
+        ca = self.certs / "ca.crt"
+        connections = {
+            CONNECTION: self.network.address("superlink", "9093"),
+            DEVICES_CONNECTION: self.network.address("fleet-gateway", "9092"),
+        }
+        text = f'[superlink]\ndefault = "{CONNECTION}"\n'
+        for name, address in connections.items():
+            text += f'\n[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{ca}"\n'
+        (self.cli_home / "config.toml").write_text(text, encoding="utf-8")
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         env = environment(self.cli_home)
@@ -215,26 +224,33 @@ def read_messages(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation(tmp_path_factory.mktemp("federation"))
+def bring_up(fed: Federation) -> None:
+    """Credentials, then every service of compose.yml, the nodes registered by the operator."""
     # NODES registered key pairs and one more that is never registered.
     subprocess.run(
-        [str(DOCKER / "certs" / "generate.sh"), "-o", str(fed.certs), "-n", str(NODES + 1)],
+        [str(DOCKER / "certs" / "generate.sh"), "-o", str(fed.certs), "-n", str(NODES + 1), DEVICES_SIDE],
         check=True,
         capture_output=True,
     )
+    fed.start("superlink")
+    fed.wait_for_port("superlink", "9093")
+    fed.start("fleet-gateway")
+    fed.wait_for_port("fleet-gateway", "9092")
+    fed.configure_cli()
+    for i in range(NODES):
+        registered = fed.flwr("supernode", "register", str(fed.certs / f"node-{i}.pub"), CONNECTION)
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+    fed.start("serverapp")
+    for i in range(NODES):
+        fed.start(f"supernode-{i}")
+        fed.start(f"clientapp-{i}")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    fed = Federation(tmp_path_factory.mktemp("federation"))
     try:
-        fed.start("superlink")
-        fed.wait_for_port("superlink", "9093")
-        fed.configure_cli()
-        for i in range(NODES):
-            registered = fed.flwr("supernode", "register", str(fed.certs / f"node-{i}.pub"), CONNECTION)
-            assert registered.returncode == 0, registered.stdout + registered.stderr
-        fed.start("serverapp")
-        for i in range(NODES):
-            fed.start(f"supernode-{i}")
-            fed.start(f"clientapp-{i}")
+        bring_up(fed)
         yield fed
     finally:
         fed.stop_all()
@@ -266,12 +282,14 @@ def killed_run(federation: Federation) -> FinishedRun:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(read_rounds(folder)) < KILL_AFTER + 1:  # rounds 0 to KILL_AFTER written
         assert process.poll() is None, (federation.workdir / "run-run.log").read_text()[-4000:]
-        federation.check_alive(may_die=("intruder",))
+        federation.check_alive(may_die=("intruder", "rogue-superexec"))
         assert time.monotonic() < deadline, f"round {KILL_AFTER} did not finish"
         time.sleep(0.5)
     federation.kill("supernode-2")
     federation.kill("clientapp-2")
-    output = federation.finish_run(process, "run", may_die=("intruder", "supernode-2", "clientapp-2"))
+    output = federation.finish_run(
+        process, "run", may_die=("intruder", "rogue-superexec", "supernode-2", "clientapp-2")
+    )
     return FinishedRun(output, folder, read_rounds(folder), read_messages(folder))
 
 
@@ -301,8 +319,73 @@ def test_the_processes_run_the_compose_commands(federation):
     assert "--enable-supernode-auth" in superlink and "--insecure" not in superlink
     assert superlink[superlink.index("--host") + 1] == "127.0.0.1"
     supernode = federation.network.argv("supernode-1")
+    assert supernode[supernode.index("--superlink") + 1] == federation.network.address(
+        "fleet-gateway", "9092"
+    )
     assert supernode[supernode.index("--auth-supernode-private-key") + 1] == str(federation.certs / "node-1")
     assert "partition-id=1 num-partitions=3" in supernode[supernode.index("--node-config") + 1]
+
+
+def test_the_superlink_is_not_reachable_from_the_devices_side(federation):
+    """Only the Fleet gateway listens on the devices' address.
+
+    Flower 1.41 serves the Fleet, Control and Runtime APIs on the SuperLink's one
+    port, and its Control API has no authentication without Flower Enterprise,
+    so that port listens on the loopback only (compose publishes it as
+    127.0.0.1:9093); here the devices' side is 127.0.0.2.
+    """
+    superlink = federation.network.port("superlink", "9093")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((DEVICES_SIDE, superlink), timeout=5).close()
+    gateway = federation.network.port("fleet-gateway", "9092")
+    socket.create_connection((DEVICES_SIDE, gateway), timeout=5).close()
+
+
+def test_the_gateway_forwards_no_control_or_runtime_call(federation):
+    gateway = f"https://{federation.network.address('fleet-gateway', '9092')}"
+    seen = len(federation.log("superlink"))
+    with httpx.Client(verify=ssl.create_default_context(cafile=federation.certs / "ca.crt")) as client:
+        for path in (
+            "/v1/control/start-run",
+            "/v1/control/register-node",
+            "/v1/runtime/acquire-task",
+            "/docs",
+        ):
+            reply = client.post(gateway + path, content=b"")
+            assert reply.status_code == 404 and "only POST /v1/fleet/*" in reply.text, path
+    later = federation.log("superlink")[seen:]
+    assert "/v1/control/" not in later and "/v1/runtime/" not in later  # none reached the SuperLink
+
+
+def test_registering_a_node_key_from_the_devices_side_is_refused(federation):
+    intruder_key = str(federation.certs / f"node-{NODES}.pub")
+    registered = federation.flwr("supernode", "register", intruder_key, DEVICES_CONNECTION)
+    assert registered.returncode != 0, registered.stdout
+    listed = federation.flwr("supernode", "list", CONNECTION, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["nodes"]) == NODES  # the operator's registrations only
+
+
+def test_starting_an_app_from_the_devices_side_is_refused(federation):
+    before = federation.flwr("ls", CONNECTION, "--format", "json")
+    assert before.returncode == 0, before.stdout + before.stderr
+    started = federation.flwr("run", ".", DEVICES_CONNECTION, "--run-config", "federation.rounds=1")
+    assert started.returncode != 0, started.stdout
+    after = federation.flwr("ls", CONNECTION, "--format", "json")
+    assert json.loads(after.stdout)["runs"] == json.loads(before.stdout)["runs"]
+
+
+def test_a_superexec_without_the_shared_secret_gets_no_task(federation):
+    """The Runtime API answers a SuperExec's task requests only when signed with the secret."""
+    argv = federation.network.argv("serverapp")
+    flag = argv.index("--superexec-auth-secret-file")
+    del argv[flag : flag + 2]
+    federation.start("rogue-superexec", argv)
+    deadline = time.monotonic() + 120
+    while "SuperExec authentication failed" not in federation.log("superlink"):
+        assert time.monotonic() < deadline, federation.log("rogue-superexec")[-3000:]
+        time.sleep(0.5)
+    federation.kill("rogue-superexec")
 
 
 def test_an_unregistered_node_is_refused(federation):

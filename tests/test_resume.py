@@ -12,6 +12,7 @@ import pytest
 
 from client.app import app as client_app
 from common.config import AppConfig, load_config
+from common.settings import ConfigError
 from server.app import RunError, check_fits, run_federation
 from server.checkpoint import (
     CHECKPOINT_DIR,
@@ -199,6 +200,62 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
     check_fits(checkpoint, layout_config, layout)
     with pytest.raises(RunError, match="train.lr = 0.05"):
         check_fits(checkpoint, other, layout)
+
+
+DENSE = [
+    "federation.rounds=4",
+    "pruning.method=none",
+    "evaluate.server=false",
+    "evaluate.client-fraction=0.5",
+]
+
+
+def test_output_resume_continues_the_named_run_to_the_same_final_model(tmp_path):
+    """``flwr run`` with ``output.resume``: the run config names the folder, nothing else changes.
+
+    The second run is started as an operator would start it again: the same run
+    configuration (here even with another ``output.dir`` and ``output.name``) plus
+    ``output.resume``; it writes into the resumed folder, not into a new one.
+    """
+    reference = config_for(tmp_path / "reference", DENSE)
+    run_federation(InProcessGrid(client_app, 3), reference)
+    config = config_for(tmp_path / "killed", DENSE)
+    with pytest.raises(Killed):
+        run_federation(KilledGrid(client_app, 3, kill_at=4), config)
+    folder = tmp_path / "killed" / "run"
+    again = config_for(tmp_path / "elsewhere", [*DENSE, f"output.resume={folder}"])
+    summary = run_federation(InProcessGrid(client_app, 3), again)
+
+    assert summary.results_dir == str(folder) and not (tmp_path / "elsewhere").exists()
+    ref_folder = tmp_path / "reference" / "run"
+    assert_same_arrays(ref_folder / "model.npz", folder / "model.npz")
+    assert_same_arrays(ref_folder / "mask.npz", folder / "mask.npz")
+    assert [r["round"] for r in read_rounds(folder)] == ["0", "1", "2", "3", "4"]
+    assert [r["loss"] for r in read_rounds(folder)] == [r["loss"] for r in read_rounds(ref_folder)]
+
+
+def test_output_resume_of_a_folder_that_is_no_results_folder_is_a_config_error(tmp_path):
+    config = config_for(tmp_path, [*DENSE, f"output.resume={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match="output.resume"):
+        run_federation(InProcessGrid(client_app, 3), config)
+
+
+def test_output_resume_with_another_configuration_is_refused(tmp_path):
+    config = config_for(tmp_path, ["federation.rounds=2", "pruning.method=none"])
+    run_federation(InProcessGrid(client_app, 3), config)
+    other = config_for(
+        tmp_path,
+        ["federation.rounds=2", "pruning.method=none", "train.lr=0.1", f"output.resume={tmp_path}/run"],
+    )
+    with pytest.raises(RunError, match="train.lr"):
+        run_federation(InProcessGrid(client_app, 3), other)
+
+
+def test_output_resume_must_be_a_plain_path():
+    for bad in (" results/run", "results/run/.."):
+        with pytest.raises(ConfigError, match="output.resume"):
+            AppConfig.from_flat({"output.resume": bad})
+    assert load_config(None, []).output.resume == ""
 
 
 # -- the checkpoint files ----------------------------------------------------------------------------
