@@ -39,6 +39,7 @@ from common.wire.codec import decode_mask, decode_payload
 from .global_model import GlobalModel
 from .messenger import Messenger
 from .nodes import NodeBook
+from .progress import RunProgress
 from .validation import (
     MAX_COUNT,
     Exchange,
@@ -78,8 +79,9 @@ def run_initial_pruning(
     grid: Grid,
     nodes: NodeBook,
     messenger: Messenger,
+    progress: RunProgress | None = None,
 ) -> InitialPruningReport:
-    """Compute the initial mask where the configuration says, and adopt it."""
+    """Compute the initial mask where the configuration says, and adopt it (``progress`` observes)."""
     if not method.needs_initial_data():
         result = method.initial_mask(model.floats, model.mask, None)
         model.set_mask(result.mask)
@@ -87,10 +89,12 @@ def run_initial_pruning(
     spec = method.initial_data_spec()
     where, partition_id = spec.where, spec.partition_id
     started = time.monotonic()
+    progress = progress or RunProgress()
+    progress.initial_pruning_started(where, partition_id)
     if where == "server":
         described = [n.num_partitions for n in nodes.ordered()]
         num_partitions = max(described, default=config.simulation.num_clients)
-        report = _on_server(method, model, cost, task, spec, num_partitions)
+        report = _on_server(method, model, cost, task, spec, num_partitions, progress)
     else:
         report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
     report.seconds = time.monotonic() - started
@@ -150,6 +154,7 @@ def _on_server(
     task: TaskSpec,
     spec: InitialDataSpec,
     num_partitions: int,
+    progress: RunProgress,
 ) -> InitialPruningReport:
     """Initial pruning on the data of partition ``spec.partition_id``, loaded by the server."""
     data = initial_data_for(
@@ -162,6 +167,7 @@ def _on_server(
         spec.batch_size,
         cost,
     )
+    data.on_step = progress.initial_pruning_step
     result = method.initial_mask(model.floats, model.mask, data)
     _adopt(model, result)
     return InitialPruningReport(

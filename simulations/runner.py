@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 from flwr.simulation import run_simulation
 
@@ -13,7 +12,7 @@ from client.app import app as client_app
 from common.config import AppConfig
 from server.app import RunSummary, build_server_app
 from server.checkpoint import Checkpoint
-from server.results import RoundRow
+from server.progress import RunProgress
 
 
 class SimulationError(RuntimeError):
@@ -23,12 +22,12 @@ class SimulationError(RuntimeError):
 def simulate(
     config: AppConfig,
     resume: Checkpoint | None = None,
-    on_round: Callable[[RoundRow], None] | None = None,
+    progress: RunProgress | None = None,
 ) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
 
     With ``resume``, continue the run of ``config``'s results folder after that checkpoint;
-    ``on_round`` receives every round's row as the ServerApp (in this process) writes it.
+    ``progress`` is told where the run stands by the ServerApp (in this process).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -39,7 +38,7 @@ def simulate(
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
-    server_app = build_server_app(config, on_finish=summaries.append, resume=resume, on_round=on_round)
+    server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
     backend_config = {
         "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
