@@ -153,7 +153,7 @@ def run_shown(config: AppConfig, checkpoint: Checkpoint | None, verbose: bool, t
     view = RunView(stdout_console(), title or run_title(config))
     try:
         with view, flower_log(verbose, view):
-            return run(config, checkpoint, view)
+            return run(config, checkpoint, view, verbose)
     except (SimulationError, RuntimeError) as exc:
         raise _fail(exc, 1) from None
 
@@ -310,6 +310,7 @@ def bench(
     verbose: VerboseOption = False,
 ) -> None:
     """Run dense FedAvg and pruning methods side by side and write a report (table, plots, Markdown)."""
+    import functools
     import shlex
     import sys
 
@@ -338,7 +339,8 @@ def bench(
         except RuntimeError as exc:
             raise _fail(exc, 1) from None
     try:
-        path = run_bench(chosen, names, overrides, report_dir, run, command, verbose)
+        runner = functools.partial(run, verbose=verbose)
+        path = run_bench(chosen, names, overrides, report_dir, runner, command, verbose)
     except (ConfigError, BenchError, CheckpointError, RunError) as exc:
         raise _fail(exc, 2) from None
     except (SimulationError, RuntimeError) as exc:

@@ -96,13 +96,18 @@ def header_line() -> str:
     return table_line([heading for heading, _ in COLUMNS])
 
 
-def ip_line(step: InitialPruningStep) -> str:
-    accuracy = _number(step.accuracy, 4)
+def ip_status(step: InitialPruningStep) -> str:
+    """Density, training accuracy (and when it was measured) and reconfigurations so far."""
+    gate = "" if step.gate_passed else ", below the gate"
+    count = step.reconfigurations
     return (
-        f"initial pruning: IP round {step.ip_round}/{step.max_rounds}, density {step.density:.4f}, "
-        f"training accuracy {accuracy}{'' if step.gate_passed else ' (below the gate)'}, "
-        f"{step.reconfigurations} reconfigurations"
+        f"density {step.density:.4f}, training accuracy {_number(step.accuracy, 4)} "
+        f"(IP round {step.measured_at}{gate}), {count} reconfiguration{'' if count == 1 else 's'}"
     )
+
+
+def ip_line(step: InitialPruningStep) -> str:
+    return f"initial pruning: IP round {step.ip_round}/{step.max_rounds}, {ip_status(step)}"
 
 
 class RunView(RunProgress):
@@ -156,8 +161,9 @@ class RunView(RunProgress):
 
     def say(self, text: str, style: str = "") -> None:
         """One line above the live bars (or a plain line)."""
-        if self.live:
-            self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False)
+        if self.live:  # one screen line each, cut at the right edge of a narrow terminal
+            markup = f"[{style}]{escape(text)}[/]" if style else escape(text)
+            self.console.print(markup, highlight=False, no_wrap=True, overflow="crop")
         else:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -189,12 +195,8 @@ class RunView(RunProgress):
 
     def initial_pruning_step(self, step: InitialPruningStep) -> None:
         if self.progress is not None and self.ip_task is not None:
-            accuracy = _number(step.accuracy, 4)
             self.progress.update(
-                self.ip_task,
-                total=step.max_rounds,
-                completed=step.ip_round,
-                status=f"density {step.density:.4f}, training accuracy {accuracy}",
+                self.ip_task, total=step.max_rounds, completed=step.ip_round, status=ip_status(step)
             )
             return
         # plain lines: when the gate is passed, at every reconfiguration, and every tenth of the rounds

@@ -23,11 +23,15 @@ def simulate(
     config: AppConfig,
     resume: Checkpoint | None = None,
     progress: RunProgress | None = None,
+    verbose: bool = True,
 ) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
 
     With ``resume``, continue the run of ``config``'s results folder after that checkpoint;
-    ``progress`` is told where the run stands by the ServerApp (in this process).
+    ``progress`` is told where the run stands by the ServerApp (in this process);
+    without ``verbose``, the log of Ray's worker processes (the ClientApps') is not
+    forwarded here (a ClientApp's failure still reaches the server as an error reply,
+    which it logs).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -41,7 +45,7 @@ def simulate(
     server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
     backend_config = {
         "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": 0.0},
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": True},
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose},
     }
     run_simulation(
         server_app=server_app,

@@ -7,7 +7,12 @@ import csv
 import io
 import logging
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,19 +114,22 @@ def test_a_short_in_process_run_prints_plain_lines(tmp_path):
 def test_initial_pruning_lines_come_at_the_gate_reconfigurations_and_tenths():
     view, out, _ = plain_view()
     steps = [
-        InitialPruningStep(1, 100, 1.0, 0.05, False, 0),
-        InitialPruningStep(2, 100, 1.0, 0.05, False, 0),
-        InitialPruningStep(3, 100, 1.0, 0.30, True, 0),  # gate passed
-        InitialPruningStep(4, 100, 1.0, 0.30, True, 0),
-        InitialPruningStep(5, 100, 0.7, 0.30, True, 1),  # reconfigured
-        InitialPruningStep(10, 100, 0.7, 0.30, True, 1),  # a tenth of the rounds
-        InitialPruningStep(11, 100, 0.7, 0.30, True, 1),
+        InitialPruningStep(1, 100, 1.0, 0.05, 1, False, 0),
+        InitialPruningStep(2, 100, 1.0, 0.05, 1, False, 0),
+        InitialPruningStep(3, 100, 1.0, 0.30, 3, True, 0),  # gate passed
+        InitialPruningStep(4, 100, 1.0, 0.30, 3, True, 0),
+        InitialPruningStep(5, 100, 0.7, 0.30, 3, True, 1),  # reconfigured
+        InitialPruningStep(10, 100, 0.7, 0.30, 3, True, 1),  # a tenth of the rounds
+        InitialPruningStep(11, 100, 0.7, 0.30, 3, True, 1),
     ]
     for step in steps:
         view.initial_pruning_step(step)
     rounds = [int(re.search(r"IP round (\d+)/", line).group(1)) for line in out.getvalue().splitlines()]
     assert rounds == [3, 5, 10]
-    assert "density 0.7000" in out.getvalue().splitlines()[1]
+    assert out.getvalue().splitlines()[1] == (
+        "initial pruning: IP round 5/100, density 0.7000, training accuracy 0.3000 (IP round 3), "
+        "1 reconfiguration"
+    )
 
 
 def test_flower_log_passes_warnings_and_errors_once_and_nothing_else():
@@ -302,3 +310,52 @@ def test_version():
 def test_every_run_command_has_verbose(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert "--verbose" in result.output
+
+
+# -- the live view on a real terminal (tmux) ------------------------------------------------------
+SHOW = """
+from rich.console import Console
+from client.app import app as client_app
+from common.config import load_config
+from server.app import run_federation
+from simulations.live import RunView, flower_log
+from tests.inprocess_grid import InProcessGrid
+
+config = load_config(None, {settings!r})
+view = RunView(Console(), "fedprune: the live view")
+assert view.live, "not a terminal"
+with view, flower_log(False, view):
+    run_federation(InProcessGrid(client_app, 3), config, progress=view)
+print("SHOWN")
+"""
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_the_live_view_in_a_terminal(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "show.py"
+    script.write_text(SHOW.format(settings=[*SHORT_RUN, f"output.dir={tmp_path}", "output.name=run"]))
+    socket = f"fedprune-test-{os.getpid()}"  # a tmux server of this test's own
+    tmux = ["tmux", "-L", socket]
+    # the size rich reads first (pytest may export COLUMNS of its own terminal)
+    size = "COLUMNS=150 LINES=40"
+    command = f"cd {root} && {size} PYTHONPATH={root} {sys.executable} {script} 2>&1; sleep 120"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", command], check=True)
+    try:
+        screen = ""
+        deadline = time.monotonic() + 240
+        while "SHOWN" not in screen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            screen = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True, check=True
+            ).stdout
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert "SHOWN" in screen, screen
+    lines = screen.splitlines()
+    assert lines[0] == "fedprune: the live view"
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["round", "accuracy"])
+    assert [line.split()[0] for line in lines[header + 1 : header + 5]] == ["0", "1", "2", "3"]
+    bar = next(line for line in lines if line.startswith("rounds"))
+    assert "3/3" in bar and "ETA" in bar and "accuracy" in bar
+    assert not any(line.startswith("initial pruning ") and "/" in line for line in lines[header:])

@@ -116,15 +116,16 @@ class InitialDataSpec:
 class InitialPruningStep:
     """Where an iterative initial pruning stands after one of its rounds (for progress displays).
 
-    ``accuracy`` is the training accuracy last measured on the fixed batches (NaN
-    before the first measurement); ``gate_passed`` says whether it has reached the
-    accuracy at which the mask starts to be reconfigured.
+    ``accuracy`` is the training accuracy on the fixed batches last measured, before
+    IP round ``measured_at``; ``gate_passed`` says whether it has reached the accuracy
+    from which on the mask is reconfigured (and accuracy no longer measured).
     """
 
     ip_round: int
     max_rounds: int
     density: float
     accuracy: float
+    measured_at: int
     gate_passed: bool
     reconfigurations: int
 

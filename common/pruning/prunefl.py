@@ -161,10 +161,10 @@ def run_initial_pruning(
     stop_reason = "max-rounds"
     ip_round = 0
     modelled_seconds = 0.0
-    accuracy = float("nan")
+    accuracy, measured_at = float("nan"), 0
     for ip_round in range(1, s.ip_max_rounds + 1):
         if start_round is None and (ip_round - 1) % s.ip_eval_interval == 0:
-            accuracy = masked_accuracy(model, layout, mask, data.batches)
+            accuracy, measured_at = masked_accuracy(model, layout, mask, data.batches), ip_round
             if accuracy >= target_accuracy:
                 start_round = ip_round
         result = train_locally(
@@ -197,7 +197,13 @@ def run_initial_pruning(
             gate_passed = start_round is not None
             data.on_step(
                 InitialPruningStep(
-                    ip_round, s.ip_max_rounds, densities[-1], accuracy, gate_passed, len(densities) - 1
+                    ip_round,
+                    s.ip_max_rounds,
+                    densities[-1],
+                    accuracy,
+                    measured_at,
+                    gate_passed,
+                    len(densities) - 1,
                 )
             )
         if stop_reason == "stable":
