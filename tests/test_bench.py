@@ -136,10 +136,13 @@ def test_report_figures_match_a_hand_computed_run(tmp_path):
     assert "while dense FedAvg did not within 3 rounds" in text
     assert "| none (incomplete) |" in text and "(modelled)" in text and "(measured)" in text
     assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {
+        "accuracy_per_round.png",
         "accuracy_vs_bytes.png",
         "accuracy_vs_modelled_time.png",
         "density_per_round.png",
         "bytes_per_round.png",
+        "layer_density_none.png",
+        "layer_density_prunefl.png",
     }
     with (tmp_path / "report" / "table.csv").open() as f:
         table = list(csv.DictReader(f))
