@@ -43,6 +43,7 @@ from .initial_pruning import InitialPruningError, InitialPruningReport, run_init
 from .messenger import Messenger
 from .nodes import NodeBook
 from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
+from .progress import RunProgress
 from .results import CONFIG_FILE, INITIAL_PRUNING_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, format_bytes
@@ -181,17 +182,18 @@ def run_federation(
     grid: Grid,
     config: AppConfig,
     resume: Checkpoint | None = None,
-    on_round: Callable[[RoundRow], None] | None = None,
+    progress: RunProgress | None = None,
 ) -> RunSummary:
     """Run initial pruning and all rounds; write the results folder.
 
     With ``resume``, a checkpoint of this run's results folder, continue after the
     checkpoint's round instead (see :func:`restore`); without it, a configuration
     whose ``output.resume`` names a results folder continues that folder's run
-    (``flwr run``, see :func:`resume_point`). ``on_round`` is called with every
-    round's row as it is written (progress bars).
+    (``flwr run``, see :func:`resume_point`). ``progress`` is told where the run
+    stands (:class:`~server.progress.RunProgress`: progress displays).
     """
     started = time.monotonic()
+    progress = progress or RunProgress()
     if resume is None and config.output.resume:
         config, resume = resume_point(config)
     fed = config.federation
@@ -247,12 +249,13 @@ def run_federation(
         method = config.method_class(config.method, env)
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started
-    strategy.on_round = on_round
+    strategy.progress = progress
+    progress.run_started(fed.rounds, resume.server_round if resume else None)
 
     runner: PruningFedAvg | ResumedStrategy = strategy
     if resume is None:
         try:
-            report = run_initial_pruning(config, method, model, cost, task, grid, nodes, messenger)
+            report = run_initial_pruning(config, method, model, cost, task, grid, nodes, messenger, progress)
         except InitialPruningError as exc:
             raise RunError(str(exc)) from exc
         results.write_json(INITIAL_PRUNING_FILE, dataclasses.asdict(report))
@@ -274,7 +277,6 @@ def run_federation(
     report_partitions(results.folder, nodes, config, partitions)  # nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
     results.write_json(SUMMARY_FILE, {**dataclasses.asdict(summary), "environment": environment()})
-    log(INFO, summary.last_line())
     return summary
 
 
@@ -413,12 +415,14 @@ def build_server_app(
     config: AppConfig | None = None,
     on_finish: Callable[[RunSummary], None] | None = None,
     resume: Checkpoint | None = None,
-    on_round: Callable[[RoundRow], None] | None = None,
+    progress: RunProgress | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``config`` (or reading the run config when None).
 
     ``on_finish`` receives the run's summary, for callers that start the app
-    themselves (``fedprune simulate``); ``resume`` continues a run from its checkpoint.
+    themselves (``fedprune simulate``), which then state the outcome; without it the
+    outcome line is logged. ``resume`` continues a run from its checkpoint;
+    ``progress`` observes it.
     """
     server_app = ServerApp()
 
@@ -426,9 +430,11 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
-            summary = run_federation(grid, resolved, resume, on_round)
+            summary = run_federation(grid, resolved, resume, progress)
             if on_finish is not None:
                 on_finish(summary)
+            else:
+                log(INFO, summary.last_line())
         except (ConfigError, RunError, CheckpointError, TimeoutError) as exc:
             # A user's mistake or an unreachable federation: one clear line, no traceback.
             log(ERROR, "fedprune: %s", exc)

@@ -40,9 +40,10 @@ from common.wire import WireError
 from common.wire.codec import decode_mask, decode_payload
 
 from .global_model import GlobalModel
+from .heartbeat import PROGRESS_INTERVAL_S, Heartbeat
 from .messenger import Messenger
 from .nodes import NodeBook
-from .progress import PROGRESS_INTERVAL_S, Heartbeat
+from .progress import RunProgress
 from .validation import (
     MAX_COUNT,
     Exchange,
@@ -82,8 +83,9 @@ def run_initial_pruning(
     grid: Grid,
     nodes: NodeBook,
     messenger: Messenger,
+    progress: RunProgress | None = None,
 ) -> InitialPruningReport:
-    """Compute the initial mask where the configuration says, and adopt it."""
+    """Compute the initial mask where the configuration says, and adopt it (``progress`` observes)."""
     if not method.needs_initial_data():
         result = method.initial_mask(model.floats, model.mask, None)
         model.set_mask(result.mask)
@@ -91,12 +93,14 @@ def run_initial_pruning(
     spec = method.initial_data_spec()
     where, partition_id = spec.where, spec.partition_id
     started = time.monotonic()
+    progress = progress or RunProgress()
+    progress.initial_pruning_started(where, partition_id)
     with Heartbeat(PROGRESS_INTERVAL_S, progress_line(where, partition_id, config.federation.round_timeout)):
         if where == "server":
             described = [n.num_partitions for n in nodes.ordered()]
             num_partitions = max(described, default=config.simulation.num_clients)
             device = resolve_device(config.train.device)
-            report = _on_server(method, model, cost, task, spec, num_partitions, device)
+            report = _on_server(method, model, cost, task, spec, num_partitions, device, progress)
         else:
             report = _on_client(config, method, model, cost, task, grid, nodes, messenger, spec)
     report.seconds = time.monotonic() - started
@@ -171,6 +175,7 @@ def _on_server(
     spec: InitialDataSpec,
     num_partitions: int,
     device: torch.device,
+    progress: RunProgress,
 ) -> InitialPruningReport:
     """Initial pruning on the data of partition ``spec.partition_id``, loaded by the server."""
     data = initial_data_for(
@@ -184,6 +189,7 @@ def _on_server(
         cost,
         device,
     )
+    data.on_step = progress.initial_pruning_step
     result = method.initial_mask(model.floats, model.mask, data)
     _adopt(model, result)
     return InitialPruningReport(

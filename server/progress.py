@@ -1,51 +1,29 @@
-"""Progress lines while one long, blocking step runs (initial pruning).
+"""What a run tells whoever shows its progress (``fedprune simulate``'s live view, the bench).
 
-A step such as PruneFL's initial pruning can block the ServerApp for many
-minutes, on the server or while it waits for the node doing it; in a deployment
-nothing else is printed meanwhile, and a silent run cannot be told from a hung
-one. :class:`Heartbeat` logs one line every ``interval`` seconds from a helper
-thread until the step returns.
+The ServerApp calls a :class:`RunProgress` at four moments; every method here does
+nothing, so an observer overrides only what it shows. Observers only observe: the
+run's results never depend on them. Library code does not print; a display is an
+observer that does.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from logging import INFO
-from types import TracebackType
+from common.pruning import InitialPruningStep
 
-from flwr.supercore import log
-
-PROGRESS_INTERVAL_S = 20.0  # under the 30 s a deployment's operator may wait for a sign of life
+from .results import RoundRow
 
 
-class Heartbeat:
-    """Within ``with Heartbeat(interval, line):``, log ``line(elapsed seconds)`` every ``interval`` s."""
+class RunProgress:
+    """Observer of one run; subclass and override what you show."""
 
-    def __init__(self, interval: float, line: Callable[[float], str]) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be > 0 seconds, not {interval}")
-        self.interval = interval
-        self.line = line
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="fedprune-heartbeat", daemon=True)
-        self._started = 0.0
+    def run_started(self, rounds: int, resumed_after: int | None) -> None:
+        """The run will end after round ``rounds``; ``resumed_after`` is the checkpoint's round, if any."""
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            log(INFO, "%s", self.line(time.monotonic() - self._started))
+    def initial_pruning_started(self, where: str, partition_id: int) -> None:
+        """Initial pruning on one client's data starts, on the ``"server"`` or a ``"client"``."""
 
-    def __enter__(self) -> Heartbeat:
-        self._started = time.monotonic()
-        self._thread.start()
-        return self
+    def initial_pruning_step(self, step: InitialPruningStep) -> None:
+        """One round of an iterative initial pruning (PruneFL's) ended; run on the server only."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
+    def round_ended(self, row: RoundRow) -> None:
+        """Round ``row.round`` ended and its row was written (round 0: after initial pruning)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -50,6 +50,7 @@ from .importance import ImportanceAccumulator
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
 from .phases import ClientPhases, round_phases
+from .progress import RunProgress
 from .results import ResultsWriter, RoundRow
 from .validation import Exchange, RejectedReply
 
@@ -99,7 +100,9 @@ class PruningFedAvg(FedAvg):
         fed = config.federation
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=config.evaluate.client_fraction,
+            # configure_evaluate below owns evaluate.client-fraction; FedAvg's own fraction is
+            # never read, and 0.0 would only make it warn about a setting the user did not make
+            fraction_evaluate=config.evaluate.client_fraction or 1.0,
             min_train_nodes=fed.min_clients,
             min_evaluate_nodes=1 if config.evaluate.client_fraction > 0 else 0,
             min_available_nodes=fed.min_clients,
@@ -138,7 +141,7 @@ class PruningFedAvg(FedAvg):
         )
         self.clock = messenger.clock  # the server's phases (server/phases.py), reset every round
         self.client_phases: list[ClientPhases] = []
-        self.on_round: Callable[[RoundRow], None] | None = None  # called with every round's row
+        self.progress = RunProgress()  # told of every round's row
 
     # -- logging ---------------------------------------------------------------------
     def summary(self) -> None:
@@ -499,8 +502,7 @@ class PruningFedAvg(FedAvg):
                 phases = round_phases(server_round, row.wall_time_s, self.clock.seconds, self.client_phases)
                 self.results.append_phases(phases)
         self._checkpoint_if_due(server_round)
-        if self.on_round is not None:
-            self.on_round(row)
+        self.progress.round_ended(row)
         log(
             INFO,
             "[round %d/%d] accuracy %s | density %.4f | down %s up %s (bound %s, dense %s) | %.1f s",

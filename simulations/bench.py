@@ -27,7 +27,6 @@ from those folders.
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 import platform
@@ -37,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import AppConfig, read_preset, with_method
 from common.pruning import METHODS
@@ -44,15 +44,19 @@ from common.settings import ConfigError, flatten
 from server.app import RELOCATABLE_KEYS, RunSummary
 from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from server.phases import SERVER_PHASES
-from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, RoundRow
+from server.progress import RunProgress
+from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
 from simulations.report import TableRow, table_rows
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 BENCH_PACKAGE = "simulations.benchmarks"
 RUNS_DIR = "runs"
 BASELINE = "none"
 
-Runner = Callable[[AppConfig, Checkpoint | None, Callable[[RoundRow], None] | None], RunSummary]
+Runner = Callable[[AppConfig, Checkpoint | None, RunProgress | None], RunSummary]
 
 
 class BenchError(ValueError):
@@ -253,17 +257,12 @@ def plan_runs(shared: dict[str, object], methods: Sequence[str], report_dir: Pat
     return [plan_run(method_config(shared, method, runs_dir)) for method in methods]
 
 
-def execute(
-    plans: Sequence[RunPlan],
-    run: Runner,
-    on_start: Callable[[RunPlan], Callable[[RoundRow], None] | None] = lambda _p: None,
-) -> list[Path]:
+def execute(plans: Sequence[RunPlan], run: Runner) -> list[Path]:
     """Run (or resume) every plan that needs it, in order; return the runs' folders."""
     folders = []
     for plan in plans:
-        callback = on_start(plan)
         if plan.action != "reuse":
-            run(plan.config, plan.checkpoint, callback)
+            run(plan.config, plan.checkpoint, None)
         folders.append(plan.folder)
     return folders
 
@@ -587,12 +586,14 @@ def run_bench(
     run: Runner,
     command: str,
     verbose: bool = False,
-    console: object | None = None,
+    console: Console | None = None,
 ) -> Path:
-    """Plan, run (with one progress bar per method) and report; return the report's path."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Plan, run (each in the view of :mod:`simulations.live`) and report; return the report's path.
 
+    ``console`` is where the views go (default: stdout); Flower's log shows with ``verbose`` only.
+    """
     from server.app import check_fits, preflight
+    from simulations.live import RunView, flower_log, stdout_console
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     shared = shared_setting(preset, overrides)
@@ -602,46 +603,19 @@ def run_bench(
         layout = preflight(plan.config)
         if plan.checkpoint is not None:
             check_fits(plan.checkpoint, plan.config, layout)
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
-    progress = Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,  # type: ignore[arg-type]
-    )
-    tasks = {}
+    shown = console or stdout_console()
+
+    def run_shown(
+        config: AppConfig, checkpoint: Checkpoint | None, _progress: RunProgress | None
+    ) -> RunSummary:
+        title = f"bench {preset.name}: {config.pruning.method}"
+        with RunView(shown, title) as view, flower_log(verbose, view):
+            return run(config, checkpoint, view)
+
     for plan in plans:
-        total = plan.config.federation.rounds + 1  # round 0: initial model / initial pruning
-        done = {"reuse": total, "resume": (plan.checkpoint.server_round + 1) if plan.checkpoint else 0}
-        status = {"reuse": "reused", "resume": "resuming", "start": "waiting"}[plan.action]
-        tasks[plan.method] = progress.add_task(
-            plan.method, total=total, completed=done.get(plan.action, 0), status=status, start=False
-        )
-
-    def on_start(plan: RunPlan) -> Callable[[RoundRow], None]:
-        task = tasks[plan.method]
-
-        def on_round(row: RoundRow) -> None:
-            accuracy = "n/a" if math.isnan(row.accuracy) else f"{row.accuracy:.4f}"
-            progress.update(
-                task, completed=row.round + 1, status=f"accuracy {accuracy}, density {row.density:.3f}"
-            )
-
-        if plan.action != "reuse":
-            progress.start_task(task)  # its clock starts with its run
-            progress.update(task, status="round 0" if plan.action == "start" else "resuming")
-        return on_round
-
-    try:
-        with progress:
-            folders = execute(plans, run, on_start)
-    finally:
-        flwr_logger.setLevel(level)
+        if plan.action == "reuse":
+            shown.print(f"bench {preset.name}: {plan.method} reused from {plan.folder}", highlight=False)
+    folders = execute(plans, run_shown)
     done = {"reuse": "reused from an earlier call", "resume": "resumed from its checkpoint", "start": "run"}
     notes = ["This call: " + "; ".join(f"`{plan.method}` {done[plan.action]}" for plan in plans) + "."]
     notes.append(

@@ -14,6 +14,7 @@ from common.config import AppConfig, load_config, parse_override, read_preset
 from common.settings import ConfigError
 
 if TYPE_CHECKING:
+    from server.app import RunSummary
     from server.checkpoint import Checkpoint
 
 app = typer.Typer(
@@ -26,8 +27,23 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from simulations.doctor import fedprune_version
+
+        typer.echo(f"fedprune {fedprune_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print fedprune's version and exit."
+        ),
+    ] = None,
+) -> None:
     """Federated pruning on Flower: simulate, compare and benchmark pruning methods."""
 
 
@@ -42,6 +58,12 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one key, e.g. --set train.lr=0.05 (repeatable)."),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Show Flower's own log too (default: the live view, warnings and errors)."
+    ),
 ]
 ResumeOption = Annotated[
     Path | None,
@@ -112,22 +134,94 @@ def resolve_resume(
     return resolved, checkpoint
 
 
+def run_title(config: AppConfig) -> str:
+    """The first line of a run's view: what runs, on what, with how many clients."""
+    sim, fed = config.simulation, config.federation
+    sampled = f", {fed.clients_per_round} per round" if fed.clients_per_round else ""
+    return (
+        f"fedprune: {config.pruning.method} on {config.data.dataset} ({config.model.name}), "
+        f"{sim.num_clients} clients{sampled}, {fed.rounds} rounds"
+    )
+
+
+def run_shown(config: AppConfig, checkpoint: Checkpoint | None, verbose: bool, title: str = "") -> RunSummary:
+    """Run ``config`` on the simulation engine in the live view (plain lines off a terminal)."""
+    from simulations.live import RunView, flower_log, stdout_console
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    view = RunView(stdout_console(), title or run_title(config))
+    try:
+        with view, flower_log(verbose, view):
+            return run(config, checkpoint, view, verbose)
+    except (SimulationError, RuntimeError) as exc:
+        raise _fail(exc, 1) from None
+
+
+ReportOption = Annotated[
+    bool, typer.Option("--report", help="Write the run's report (plots, Markdown) into <results>/report.")
+]
+
+
 @app.command()
-def simulate(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None) -> None:
+def simulate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = None,
+    verbose: VerboseOption = False,
+    report: ReportOption = False,
+) -> None:
     """Run a local multi-client simulation on Flower's simulation engine (Ray)."""
     checkpoint: Checkpoint | None = None
     if resume is not None:
         resolved, checkpoint = resolve_resume(resume, config, set_)
     else:
         resolved = resolve(config, set_)
-    from simulations.runner import SimulationError
-    from simulations.runner import simulate as run
+    summary = run_shown(resolved, checkpoint, verbose)
+    if report:
+        path = write_run_report([Path(summary.results_dir)], Path(summary.results_dir) / "report", None)
+        typer.echo(f"fedprune: report in {path}")
+    typer.echo(summary.last_line())
+
+
+def write_run_report(folders: list[Path], output: Path, target: float | None) -> Path:
+    """The report of results folders (simulations/report.py, shared with bench); one line on error."""
+    import shlex
+    import sys
+
+    from simulations.report import ReportError, report_runs
 
     try:
-        summary = run(resolved, checkpoint)
-    except (SimulationError, RuntimeError) as exc:
-        raise _fail(exc, 1) from None
-    typer.echo(summary.last_line())
+        return report_runs(folders, output, target, shlex.join(["fedprune", *sys.argv[1:]]))
+    except ReportError as exc:
+        raise _fail(exc, 2) from None
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Results folders of fedprune simulate (one or more).")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Report folder (default: RUN/report for one run, results/report-<time>)."
+        ),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(help="Target accuracy of the bytes and time columns (default: reached by every run)."),
+    ] = None,
+) -> None:
+    """Plots and a Markdown report of one or several results folders (as fedprune bench writes them)."""
+    import datetime
+
+    folders = [run.expanduser().resolve() for run in runs]
+    if target is not None and not 0 < target <= 1:
+        raise _fail(ConfigError("--target", str(target), "an accuracy in (0, 1]", what="option"), 2)
+    if output is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = folders[0] / "report" if len(folders) == 1 else Path("results") / f"report-{stamp}"
+    path = write_run_report(folders, output.expanduser().resolve(), target)
+    typer.echo(f"fedprune: report of {len(folders)} run{'s' if len(folders) > 1 else ''} in {path}")
 
 
 MethodsOption = Annotated[
@@ -153,6 +247,7 @@ def compare(
     config: ConfigOption = None,
     set_: SetOption = None,
     presets: PresetsOption = True,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run several methods with identical data, partitions and seeds, and print one table."""
     from server.app import preflight
@@ -165,8 +260,6 @@ def compare(
         write_csv,
     )
     from simulations.compare import compare as run_all
-    from simulations.runner import SimulationError
-    from simulations.runner import simulate as run
 
     names = [m.strip() for m in methods.split(",") if m.strip()] or default_methods()
     try:
@@ -180,10 +273,11 @@ def compare(
             preflight(resolved)
     except ConfigError as exc:
         raise _fail(exc, 2) from None
-    try:
-        rows = run_all(configs, run)
-    except (SimulationError, RuntimeError) as exc:
-        raise _fail(exc, 1) from None
+    count = len(configs)
+    rows = run_all(
+        configs,
+        lambda c: run_shown(c, None, verbose, f"{run_title(c)} [{configs.index(c) + 1}/{count}]"),
+    )
     write_csv(rows, folder / COMPARISON_FILE)
     typer.echo(format_table(rows))
     typer.echo(f"fedprune: {len(rows)} methods compared; results in {folder}")
@@ -213,11 +307,10 @@ def bench(
         bool,
         typer.Option(help="Also measure the server's peak memory with 1,000 MNIST clients against 10."),
     ] = False,
-    verbose: Annotated[
-        bool, typer.Option(help="Show Flower's log lines as well as the progress bars.")
-    ] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run dense FedAvg and pruning methods side by side and write a report (table, plots, Markdown)."""
+    import functools
     import shlex
     import sys
 
@@ -246,7 +339,8 @@ def bench(
         except RuntimeError as exc:
             raise _fail(exc, 1) from None
     try:
-        path = run_bench(chosen, names, overrides, report_dir, run, command, verbose, console)
+        runner = functools.partial(run, verbose=verbose)
+        path = run_bench(chosen, names, overrides, report_dir, runner, command, verbose)
     except (ConfigError, BenchError, CheckpointError, RunError) as exc:
         raise _fail(exc, 2) from None
     except (SimulationError, RuntimeError) as exc:
@@ -270,6 +364,7 @@ def rethink(
     source: Annotated[Path, typer.Argument(help="A finished run's results folder.")],
     regime: RegimeOption = "finetune",
     set_: SetOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train a finished run's final mask again, from inherited weights or a new initialisation."""
     folder = source.expanduser().resolve()
@@ -281,14 +376,36 @@ def rethink(
         *(set_ or []),
     ]
     resolved = resolve(folder / "config.toml", overrides)
-    from simulations.runner import SimulationError
-    from simulations.runner import simulate as run
+    summary = run_shown(resolved, None, verbose, f"{run_title(resolved)}: {regime} of {folder.name}")
+    typer.echo(summary.last_line())
+
+
+@app.command()
+def doctor(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the versions that matter, CUDA, CPUs, the data folder and the data sets found there.
+
+    One line per item, with a hint for each problem; exits with 1 when a check fails.
+    """
+    import os
+
+    from common.config import DATA_DIR_ENV
+    from simulations.doctor import run_checks
 
     try:
-        summary = run(resolved)
-    except (SimulationError, RuntimeError) as exc:
-        raise _fail(exc, 1) from None
-    typer.echo(summary.last_line())
+        resolved = load_config(preset_path(config), set_ or [])
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    source = "data.dir" if resolved.data.dir else f"${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else ""
+    checks = run_checks(resolved.data.resolved_dir(), source)
+    for check in checks:
+        typer.echo(check.line())
+    failed = [c.item for c in checks if c.status == "FAIL"]
+    if failed:
+        typer.echo(
+            f"fedprune doctor: {len(failed)} problem{'s' if len(failed) > 1 else ''}: {', '.join(failed)}"
+        )
+        raise typer.Exit(code=1)
+    typer.echo("fedprune doctor: no problem found")
 
 
 ASSUMED_LINK = 1_438_432.0  # PruneFL's Raspberry Pi link, bytes per second each way

@@ -51,7 +51,8 @@ class RunRecord:
         return bool(self.summary)
 
     def column(self, name: str) -> np.ndarray:
-        return np.array([float(r[name]) if r[name] != "" else math.nan for r in self.rows])
+        """The column of ``rounds.csv`` (NaN where empty, and all NaN where the file has no such column)."""
+        return np.array([float(r[name]) if r.get(name, "") != "" else math.nan for r in self.rows])
 
     @property
     def rounds(self) -> np.ndarray:
@@ -327,6 +328,12 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
+        ax.plot(*evaluated(run, run.rounds.astype(float)), label=run.label)
+    ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    finish(fig, ax, "accuracy_per_round.png", "round", "test accuracy")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
         ax.plot(*evaluated(run, run.cumulative_bytes() / 1e6), label=run.label)
     ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     finish(fig, ax, "accuracy_vs_bytes.png", "cumulative bytes, MB (measured)", "test accuracy", log_x=True)
@@ -353,9 +360,60 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
-        ax.plot(run.rounds, (run.column("bytes_down") + run.column("bytes_up")) / 1e3, label=run.label)
-    finish(fig, ax, "bytes_per_round.png", "round", "bytes per round, kB (measured, down + up)")
+        (line,) = ax.plot(
+            run.rounds,
+            (run.column("bytes_down") + run.column("bytes_up")) / 1e3,
+            label=f"{run.label} (measured)",
+        )
+        later = run.rounds > 0  # round 0 holds set-up and initial pruning, which have no dense size
+        colour = line.get_color()
+        ax.plot(
+            run.rounds[later],
+            run.column("dense_bytes")[later] / 1e3,
+            ":",
+            color=colour,
+            label=f"{run.label}: dense model",
+        )
+        ax.plot(
+            run.rounds[later],
+            run.column("bound_bytes")[later] / 1e3,
+            "--",
+            color=colour,
+            label=f"{run.label}: bound (entropy)",
+        )
+    ax.set_yscale("log")
+    finish(fig, ax, "bytes_per_round.png", "round", "bytes per round, kB (down + up)")
+
+    for run in runs:
+        densities = layer_densities(run)
+        if not densities:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        rounds = [int(r["round"]) for r in run.layers]
+        for name, values in densities.items():
+            ax.plot(rounds, values, label=name)
+        ax.set_ylim(0, 1.05)
+        finish(
+            fig, ax, f"layer_density_{file_label(run.label)}.png", "round", f"density per layer ({run.label})"
+        )
     return paths
+
+
+def layer_densities(run: RunRecord) -> dict[str, list[float]]:
+    """Per prunable tensor, its kept fraction after every round of ``layers.csv`` (none without it)."""
+    if not run.layers:
+        return {}
+    sizes = {t.name: t.size for t in layout_of(run.config).prunable}
+    return {
+        name: [int(r[name]) / size for r in run.layers]
+        for name, size in sizes.items()
+        if name in run.layers[0]
+    }
+
+
+def file_label(label: str) -> str:
+    """``label`` with only the characters a file name may safely hold."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -418,11 +476,13 @@ def write_report(
     profiles_only: Sequence[str] = (),
     sections: Sequence[str] = (),
     after_table: Sequence[str] = (),
+    baseline: str = "none",
 ) -> Path:
     """Write ``report.md``, ``table.csv`` and the plots into ``folder``; return the report path.
 
     ``sections`` are further Markdown sections, placed after the plots; ``after_table``
-    right after the table and its legend.
+    right after the table and its legend; ``baseline`` is the label of the run every
+    other is compared with (dense FedAvg).
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows, profiles = table_rows(runs, target, profiles_only)
@@ -435,7 +495,7 @@ def write_report(
     lines = [
         f"# {title}",
         "",
-        answer(rows, main_profile, target),
+        answer(rows, main_profile, target, baseline),
         "",
         markdown_table(rows, profiles, target),
         "",
@@ -465,3 +525,74 @@ def write_report(
     path = folder / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+# -- fedprune report -------------------------------------------------------------------------
+class ReportError(ValueError):
+    """A folder that holds no results to report; the message says why."""
+
+
+def run_labels(folders: Sequence[Path]) -> list[str]:
+    """Each folder's name, or its last two parts where names repeat."""
+    names = [folder.name for folder in folders]
+    return [
+        name if names.count(name) == 1 else f"{folder.parent.name}/{name}"
+        for name, folder in zip(names, folders, strict=True)
+    ]
+
+
+def load_runs(folders: Sequence[Path]) -> list[RunRecord]:
+    """The results folders, read back; a folder that is none is a :class:`ReportError`."""
+    from common.settings import ConfigError
+
+    runs = []
+    for folder, label in zip(folders, run_labels(folders), strict=True):
+        if not (folder / "config.toml").is_file() or not (folder / "rounds.csv").is_file():
+            raise ReportError(
+                f"{folder} is not a results folder of fedprune simulate (config.toml, rounds.csv)"
+            )
+        try:
+            run = load_run(folder, label)
+        except (ConfigError, KeyError, ValueError, OSError) as exc:
+            raise ReportError(f"{folder} cannot be read: {exc}") from exc
+        if not run.rows:
+            raise ReportError(f"{folder} holds no round yet (rounds.csv has its header only)")
+        runs.append(run)
+    return runs
+
+
+def reached_by_all(runs: Sequence[RunRecord]) -> float:
+    """The best test accuracy every run reached, rounded down to a hundredth (0.01 at least)."""
+    best = [np.nanmax(np.append(run.column("accuracy"), 0.0)) for run in runs]
+    return max(0.01, math.floor(min(best) * 100) / 100)
+
+
+def run_environment(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """Where the runs ran, from their ``summary.json`` (the machine that ran them, not this one)."""
+    info = {}
+    for run in runs:
+        environment = run.summary.get("environment") or {}
+        if environment:
+            text = ", ".join(f"{key} {value}" for key, value in environment.items())
+            info[f"Environment of `{run.label}` (summary.json)"] = text
+    return info
+
+
+def report_runs(folders: Sequence[Path], output: Path, target: float | None, command: str) -> Path:
+    """``fedprune report``: the report (table, plots, Markdown) of finished or running results folders.
+
+    The target accuracy defaults to :func:`reached_by_all`; the baseline of the
+    comparison sentences is the first run of dense FedAvg (``pruning.method = "none"``).
+    """
+    runs = load_runs(folders)
+    chosen = target if target is not None else reached_by_all(runs)
+    baseline = next((run.label for run in runs if run.config.pruning.method == "none"), "none")
+    note = (
+        f"Target accuracy {chosen:.0%} set with --target."
+        if target is not None
+        else f"Target accuracy {chosen:.0%}: the best accuracy every run reached (set another with --target)."
+    )
+    title = "fedprune report: " + ", ".join(f"`{run.label}` ({run.config.pruning.method})" for run in runs)
+    return write_report(
+        output, runs, chosen, title, command, run_environment(runs), notes=[note], baseline=baseline
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 from flwr.simulation import run_simulation
 
@@ -13,23 +12,24 @@ from client.app import app as client_app
 from common.config import AppConfig, SimulationSettings
 from server.app import RunSummary, build_server_app
 from server.checkpoint import Checkpoint
-from server.results import RoundRow
+from server.progress import RunProgress
 
 
 class SimulationError(RuntimeError):
     """The simulation ended without a summary; the log above says why."""
 
 
-def backend_config(settings: SimulationSettings) -> dict[str, object]:
+def backend_config(settings: SimulationSettings, verbose: bool = True) -> dict[str, object]:
     """Flower's Ray backend configuration: each client's resources and ``ray.init``'s arguments.
 
     Flower's actor pool places one ClientApp actor per ``client_resources`` that the
     cluster can hold, on whichever nodes have them, so a cluster of several nodes
     runs clients on all of them; a fractional ``num_gpus`` lets clients share a GPU.
     With an address, ``ray.init`` attaches to that running cluster instead of
-    starting one on this machine.
+    starting one on this machine. Without ``verbose`` the ClientApps' log stays in Ray's
+    worker processes.
     """
-    init_args: dict[str, object] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    init_args: dict[str, object] = {"logging_level": logging.ERROR, "log_to_driver": verbose}
     address = settings.cluster_address()
     if address:
         init_args["address"] = address
@@ -42,12 +42,16 @@ def backend_config(settings: SimulationSettings) -> dict[str, object]:
 def simulate(
     config: AppConfig,
     resume: Checkpoint | None = None,
-    on_round: Callable[[RoundRow], None] | None = None,
+    progress: RunProgress | None = None,
+    verbose: bool = True,
 ) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
 
     With ``resume``, continue the run of ``config``'s results folder after that checkpoint;
-    ``on_round`` receives every round's row as the ServerApp (in this process) writes it.
+    ``progress`` is told where the run stands by the ServerApp (in this process);
+    without ``verbose``, the log of Ray's worker processes (the ClientApps') is not
+    forwarded here (a ClientApp's failure still reaches the server as an error reply,
+    which it logs).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -59,12 +63,12 @@ def simulate(
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
-    server_app = build_server_app(config, on_finish=summaries.append, resume=resume, on_round=on_round)
+    server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=config.simulation.num_clients,
-        backend_config=backend_config(config.simulation),  # type: ignore[arg-type]
+        backend_config=backend_config(config.simulation, verbose),  # type: ignore[arg-type]
     )
     if not summaries:
         raise SimulationError("the simulation ended before the ServerApp finished; see the log above")

@@ -16,6 +16,7 @@ from common import keys
 from common.config import AppConfig, load_config
 from server.app import run_federation
 from server.phases import ClientPhases, PhaseClock, round_phases, union_length
+from server.progress import RunProgress
 from server.results import config_toml, read_rounds
 from server.validation import RejectedReply, client_phases
 from simulations.bench import (
@@ -135,10 +136,13 @@ def test_report_figures_match_a_hand_computed_run(tmp_path):
     assert "while dense FedAvg did not within 3 rounds" in text
     assert "| none (incomplete) |" in text and "(modelled)" in text and "(measured)" in text
     assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {
+        "accuracy_per_round.png",
         "accuracy_vs_bytes.png",
         "accuracy_vs_modelled_time.png",
         "density_per_round.png",
         "bytes_per_round.png",
+        "layer_density_none.png",
+        "layer_density_prunefl.png",
     }
     with (tmp_path / "report" / "table.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -218,18 +222,26 @@ FAST = [
 ]
 
 
-def in_process(config: AppConfig, checkpoint=None, on_round=None):
+def in_process(config: AppConfig, checkpoint=None, progress=None):
     return run_federation(
-        InProcessGrid(client_app, config.simulation.num_clients), config, checkpoint, on_round
+        InProcessGrid(client_app, config.simulation.num_clients), config, checkpoint, progress
     )
+
+
+class RoundsSeen(RunProgress):
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+
+    def round_ended(self, row) -> None:  # type: ignore[no-untyped-def]
+        self.rounds.append(row.round)
 
 
 def test_layers_and_phases_files_of_a_run(tmp_path):
     config = load_config(None, [*FAST, "federation.rounds=3", f"output.dir={tmp_path}", "output.name=run"])
-    seen = []
-    summary = in_process(config, on_round=lambda row: seen.append(row.round))
+    seen = RoundsSeen()
+    summary = in_process(config, progress=seen)
     folder = Path(summary.results_dir)
-    assert seen == [0, 1, 2, 3]
+    assert seen.rounds == [0, 1, 2, 3]
     with (folder / "layers.csv").open() as f:
         layers = list(csv.DictReader(f))
     rounds = read_rounds(folder)
@@ -266,9 +278,9 @@ def bench_preset(rounds: int) -> BenchPreset:
 def test_bench_runs_reuses_and_resumes_its_runs(tmp_path):
     calls = []
 
-    def runner(config, checkpoint, on_round):
+    def runner(config, checkpoint, progress):
         calls.append((config.pruning.method, checkpoint.server_round if checkpoint else None))
-        return in_process(config, checkpoint, on_round)
+        return in_process(config, checkpoint, progress)
 
     report = run_bench(bench_preset(2), ["prunefl"], [], tmp_path, runner, "fedprune bench tiny")
     assert calls == [("none", None), ("prunefl", None)]

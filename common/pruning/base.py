@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
@@ -112,9 +112,31 @@ class InitialDataSpec:
     batch_size: int = 20
 
 
+@dataclass(frozen=True)
+class InitialPruningStep:
+    """Where an iterative initial pruning stands after one of its rounds (for progress displays).
+
+    ``accuracy`` is the training accuracy on the fixed batches last measured, before
+    IP round ``measured_at``; ``gate_passed`` says whether it has reached the accuracy
+    from which on the mask is reconfigured (and accuracy no longer measured).
+    """
+
+    ip_round: int
+    max_rounds: int
+    density: float
+    accuracy: float
+    measured_at: int
+    gate_passed: bool
+    reconfigurations: int
+
+
 @dataclass
 class InitialData:
-    """What initial pruning works on: a model and fixed batches of one client's data."""
+    """What initial pruning works on: a model and fixed batches of one client's data.
+
+    ``on_step``, when set, is told after every round of an iterative initial pruning
+    where it stands; it only observes.
+    """
 
     model: nn.Module
     batches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -122,6 +144,7 @@ class InitialData:
     loss_fn: LossFn
     num_classes: int
     cost: CostModel
+    on_step: Callable[[InitialPruningStep], None] | None = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ from .base import (
     InitialData,
     InitialDataSpec,
     InitialPruning,
+    InitialPruningStep,
     MethodSettings,
     PruningMethod,
     RoundPlan,
@@ -160,9 +161,11 @@ def run_initial_pruning(
     stop_reason = "max-rounds"
     ip_round = 0
     modelled_seconds = 0.0
+    accuracy, measured_at = float("nan"), 0
     for ip_round in range(1, s.ip_max_rounds + 1):
         if start_round is None and (ip_round - 1) % s.ip_eval_interval == 0:
-            if masked_accuracy(model, layout, mask, data.batches) >= target_accuracy:
+            accuracy, measured_at = masked_accuracy(model, layout, mask, data.batches), ip_round
+            if accuracy >= target_accuracy:
                 start_round = ip_round
         result = train_locally(
             model,
@@ -178,19 +181,32 @@ def run_initial_pruning(
         assert result.statistic is not None
         importance += result.statistic
         modelled_seconds += data.cost.compute_time(layout.kept_per_layer(mask), len(data.batches))
-        if start_round is None or (ip_round - start_round) % s.ip_reconfig_interval != 0:
-            continue
-        floats = layout.flatten(model.state_dict())[0]
-        mask = reconfigure_mask(
-            floats, mask, importance, layout, coefficients, constant, s.max_removal, max_kept
-        )
-        importance[:] = 0.0
-        density = layout.density(mask)
-        if densities[-1] > 0:
-            stable.append(abs(density / densities[-1] - 1.0) <= s.ip_stability)
-        densities.append(density)
-        if len(stable) >= s.ip_stable_count and all(stable[-s.ip_stable_count :]):
-            stop_reason = "stable"
+        if start_round is not None and (ip_round - start_round) % s.ip_reconfig_interval == 0:
+            floats = layout.flatten(model.state_dict())[0]
+            mask = reconfigure_mask(
+                floats, mask, importance, layout, coefficients, constant, s.max_removal, max_kept
+            )
+            importance[:] = 0.0
+            density = layout.density(mask)
+            if densities[-1] > 0:
+                stable.append(abs(density / densities[-1] - 1.0) <= s.ip_stability)
+            densities.append(density)
+            if len(stable) >= s.ip_stable_count and all(stable[-s.ip_stable_count :]):
+                stop_reason = "stable"
+        if data.on_step is not None:
+            gate_passed = start_round is not None
+            data.on_step(
+                InitialPruningStep(
+                    ip_round,
+                    s.ip_max_rounds,
+                    densities[-1],
+                    accuracy,
+                    measured_at,
+                    gate_passed,
+                    len(densities) - 1,
+                )
+            )
+        if stop_reason == "stable":
             break
     floats = layout.flatten(model.state_dict())[0]
     return InitialPruning(

@@ -1,4 +1,4 @@
-"""Progress lines while initial pruning blocks the ServerApp (server/progress.py)."""
+"""Progress lines while initial pruning blocks the ServerApp (server/heartbeat.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from server import progress
+from server import heartbeat as heartbeat_module
+from server.heartbeat import PROGRESS_INTERVAL_S, Heartbeat
 from server.initial_pruning import progress_line
-from server.progress import PROGRESS_INTERVAL_S, Heartbeat
 
 
 def test_a_line_is_logged_every_interval_until_the_step_returns(monkeypatch):
@@ -20,7 +20,7 @@ def test_a_line_is_logged_every_interval_until_the_step_returns(monkeypatch):
         if len(lines) >= 2:
             two.set()
 
-    monkeypatch.setattr(progress, "log", record)
+    monkeypatch.setattr(heartbeat_module, "log", record)
     heartbeat = Heartbeat(0.01, lambda elapsed: f"still running after {elapsed:.2f} s")
     with heartbeat:
         assert two.wait(timeout=30), "no second progress line"
@@ -32,7 +32,7 @@ def test_a_line_is_logged_every_interval_until_the_step_returns(monkeypatch):
 
 
 def test_the_heartbeat_stops_when_the_step_fails(monkeypatch):
-    monkeypatch.setattr(progress, "log", lambda *args: None)
+    monkeypatch.setattr(heartbeat_module, "log", lambda *args: None)
     heartbeat = Heartbeat(60.0, str)
     with pytest.raises(RuntimeError), heartbeat:
         raise RuntimeError("initial pruning failed")
