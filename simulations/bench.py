@@ -195,9 +195,13 @@ def _positive(key: str, value: object) -> float:
 
 def read_paper(table: dict) -> PaperFigures:
     """A preset's ``[paper]``: the paper's modelled seconds per method and accuracy, its targets."""
-    unknown = set(table) - {"reference", "final-density", "seconds", "min-speedup"}
+    unknown = set(table) - {"reference", "final-density", "seconds", "min-speedup", "method"}
     if unknown:
-        raise ConfigError("paper", str(sorted(unknown)), "reference, final-density, seconds, min-speedup")
+        raise ConfigError(
+            "paper", str(sorted(unknown)), "reference, final-density, seconds, min-speedup, method"
+        )
+    subject = str(table.get("method", "prunefl"))
+    check_methods([subject])
     seconds: dict[str, dict[float, float]] = {}
     for method, figures in dict(table.get("seconds", {})).items():
         check_methods([method])
@@ -221,6 +225,7 @@ def read_paper(table: dict) -> PaperFigures:
         seconds=seconds,
         final_density=None if density is None else float(density),
         min_speedup=min_speedup,
+        method=subject,
     )
 
 

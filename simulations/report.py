@@ -480,7 +480,7 @@ class PaperFigures:
     """A paper's figures to set beside a benchmark's (a bench preset's ``[paper]``).
 
     ``seconds[method][accuracy]`` is the paper's modelled time to that test accuracy;
-    ``min_speedup[accuracy][counting]`` the speed-up over dense FedAvg a method should
+    ``min_speedup[accuracy][counting]`` the speed-up over dense FedAvg ``method`` should
     reach (``counting`` one of :data:`COUNTINGS`); ``final_density`` the paper's.
     """
 
@@ -488,6 +488,7 @@ class PaperFigures:
     seconds: dict[str, dict[float, float]] = field(default_factory=dict)
     final_density: float | None = None
     min_speedup: dict[float, dict[str, float]] = field(default_factory=dict)
+    method: str = "prunefl"  # the method ``min_speedup`` is for
 
     @property
     def accuracies(self) -> list[float]:
@@ -593,7 +594,7 @@ def paper_markdown(
             )
         for counting, minimum in paper.min_speedup.get(accuracy, {}).items():
             for r in at:
-                if r.label == baseline or r.label not in paper.seconds or base is None:
+                if r.label != paper.method or base is None:
                     continue
                 up = _speedup(base.seconds[counting], r.seconds[counting])
                 verdict = (

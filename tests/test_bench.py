@@ -401,8 +401,7 @@ def test_the_paper_table_gives_both_countings_of_initial_pruning(tmp_path):
     plain = (r1 + r2) / r1
     assert f"| {counted:.2f}x |" in text and f"| {plain:.2f}x |" in text and "| 5.00x |" in text  # paper's
     assert (
-        f"counted as round 0 (what a device spends): {counted:.2f}x (target: at least 1.2x): **met**"
-        in text
+        f"counted as round 0 (what a device spends): {counted:.2f}x (target: at least 1.2x): **met**" in text
     )
     assert f"{plain:.2f}x (target: at least 100x): **not met**, {100 / plain:.2f}x short" in text
     assert (
@@ -450,3 +449,13 @@ def test_the_prunefl_femnist_preset_runs_the_papers_baselines_at_prunefls_densit
     schedule = configs["magnitude"].method.make_schedule(configs["magnitude"].federation.rounds)
     steps = [t for t in range(1, configs["magnitude"].federation.rounds + 1) if schedule.updates_at(t)]
     assert len(steps) == 20 and steps[-1] == configs["magnitude"].federation.rounds // 2
+
+
+def test_the_paper_targets_are_for_the_method_the_paper_table_names():
+    from simulations.bench import load_bench_preset, read_paper
+
+    assert load_bench_preset("prunefl-femnist").paper.method == "prunefl"
+    assert (
+        read_paper({"method": "snip", "seconds": {"none": {"0.7": 1.0}, "magnitude": {"0.7": 2.0}}}).method
+        == "snip"
+    )
