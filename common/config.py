@@ -109,6 +109,7 @@ class TrainSettings(Section):
 
     lr: float = 0.05
     lr_half_life: float = 0.0  # rounds for lr to halve; 0 = constant (PruneFL: 10000 on CIFAR-10)
+    lr_warmup_rounds: int = 0  # first FL rounds at a linearly rising lr (0 = none, as PruneFL)
     local_steps: int = 10  # E, SGD steps per round (PruneFL: 5)
     batch_size: int = 32  # (PruneFL: 20)
     loss: Literal["cross-entropy", "bce-one-hot"] = "cross-entropy"
@@ -123,16 +124,27 @@ class TrainSettings(Section):
         self.require("lr", self.lr > 0, "a learning rate > 0")
         self.require("device", check_device_spec(self.device), "one of " + ", ".join(DEVICE_SPECS))
         self.require("lr_half_life", self.lr_half_life >= 0, "a number of rounds >= 0 (0 = constant)")
+        self.require("lr_warmup_rounds", self.lr_warmup_rounds >= 0, "a number of rounds >= 0 (0 = none)")
         self.require("local_steps", self.local_steps >= 1, "an integer >= 1")
         self.require("batch_size", self.batch_size >= 1, "an integer >= 1")
         self.require("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
         self.require("weight_decay", self.weight_decay >= 0, "a number >= 0")
 
     def lr_at(self, server_round: int) -> float:
-        """lr * 0.5 ** (round / half-life), as PruneFL decays it."""
-        if self.lr_half_life == 0:
-            return self.lr
-        return self.lr * 0.5 ** (server_round / self.lr_half_life)
+        """The learning rate of FL round ``server_round`` (>= 1).
+
+        lr_t = lr * 0.5 ** (t / half-life) * min(1, t / (W + 1)), W = ``lr-warmup-rounds``:
+        PruneFL's decay (half-life 0 = constant), and with W > 0 a linear warm-up over
+        rounds 1..W (round 1 at lr / (W + 1), round W + 1 onwards at the full rate).
+        The warm-up is fedprune's remedy for the first rounds after initial pruning:
+        IP trains many passes over one client's few samples and can end at a sharp
+        solution on which the other clients' full-rate SGD steps diverge (their loss
+        grows for a few rounds before FedAvg recovers). Not in PruneFL (W = 0 there).
+        """
+        lr = self.lr if self.lr_half_life == 0 else self.lr * 0.5 ** (server_round / self.lr_half_life)
+        if self.lr_warmup_rounds and 0 < server_round <= self.lr_warmup_rounds:
+            lr *= server_round / (self.lr_warmup_rounds + 1)
+        return lr
 
 
 @dataclass(frozen=True)

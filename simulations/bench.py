@@ -14,6 +14,20 @@ target accuracy and the device profiles to model::
     [set]                             # keys of fedprune simulate, on top of the preset
     federation.rounds = 250
 
+    [paper]                           # optional: a paper's figures to set beside the run's
+    reference = "..."
+    final-density = 0.13
+    seconds.none = { "0.7" = 17500, "0.8" = 51900 }      # modelled seconds to an accuracy
+    min-speedup."0.7" = { counted = 2.0, not-counted = 5.0 }
+
+``density-from = "prunefl"`` in ``[bench]`` makes every other method with a target
+density (SNIP, magnitude pruning) prune to that method's *final* density, as
+PruneFL's paper runs its baselines: those methods run after it, their
+``pruning.<method>.target-density`` read from its finished run's last round (an
+explicit ``--set`` of the key wins), so the dependency is recorded in their
+``config.toml`` and a changed source density is refused on reuse like any other
+changed setting.
+
 Every method runs with the same configuration but for ``pruning.method`` and its
 own ``pruning.<method>.*`` table (the other methods' tables are dropped: a
 setting of a method that is not selected is a configuration error), so data,
@@ -45,9 +59,9 @@ from server.app import RELOCATABLE_KEYS, RunSummary
 from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from server.phases import SERVER_PHASES
 from server.progress import RunProgress
-from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE
+from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, read_rounds
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
-from simulations.report import TableRow, table_rows
+from simulations.report import COUNTINGS, PaperFigures, TableRow, table_rows
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,6 +89,8 @@ class BenchPreset:
     target: float = 0.9
     profiles: tuple[str, ...] = ()
     targets: Targets = field(default_factory=lambda: Targets())
+    density_from: str = ""  # methods with a target density take this method's final density
+    paper: PaperFigures | None = None
 
 
 @dataclass(frozen=True)
@@ -113,19 +129,20 @@ def load_bench_preset(name: str) -> BenchPreset:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("preset", str(path), f"a valid TOML file ({exc})", what="argument") from exc
     bench = table.get("bench", {})
-    unknown = set(table) - {"bench", "set", "targets"} | set(bench) - {
+    unknown = set(table) - {"bench", "set", "targets", "paper"} | set(bench) - {
         "description",
         "simulate",
         "methods",
         "target",
         "profiles",
+        "density-from",
     }
     if unknown:
         raise ConfigError(
             "preset",
             str(path),
-            f"only [bench] (description, simulate, methods, target, profiles) and [set] "
-            f"(not {sorted(unknown)})",
+            f"only [bench] (description, simulate, methods, target, profiles, density-from), [set], "
+            f"[targets] and [paper] (not {sorted(unknown)})",
             what="argument",
         )
     target = bench.get("target", 0.9)
@@ -140,8 +157,12 @@ def load_bench_preset(name: str) -> BenchPreset:
         target=float(target),
         profiles=tuple(bench.get("profiles", ())),
         targets=read_targets(table.get("targets", {})),
+        density_from=str(bench.get("density-from", "")),
+        paper=read_paper(table["paper"]) if "paper" in table else None,
     )
     check_methods(preset.methods)
+    if preset.density_from:
+        check_methods([preset.density_from])
     return preset
 
 
@@ -158,6 +179,58 @@ def read_targets(table: dict) -> Targets:
     if unknown:
         raise ConfigError("targets", str(sorted(unknown)), "time-ratio, bytes-ratio, overhead, reference")
     return Targets(**values, reference=str(table.get("reference", "")))
+
+
+def _accuracy(key: str, text: object) -> float:
+    try:
+        value = float(str(text))
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise ConfigError(key, str(text), 'an accuracy in (0, 1], written as a quoted key ("0.7")')
+    return value
+
+
+def _positive(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(key, str(value), "a positive number")
+    return float(value)
+
+
+def read_paper(table: dict) -> PaperFigures:
+    """A preset's ``[paper]``: the paper's modelled seconds per method and accuracy, its targets."""
+    unknown = set(table) - {"reference", "final-density", "seconds", "min-speedup", "method"}
+    if unknown:
+        raise ConfigError(
+            "paper", str(sorted(unknown)), "reference, final-density, seconds, min-speedup, method"
+        )
+    subject = str(table.get("method", "prunefl"))
+    check_methods([subject])
+    seconds: dict[str, dict[float, float]] = {}
+    for method, figures in dict(table.get("seconds", {})).items():
+        check_methods([method])
+        if not isinstance(figures, dict):
+            raise ConfigError(f"paper.seconds.{method}", str(figures), 'a table { "0.7" = seconds, ... }')
+        seconds[method] = {
+            _accuracy(f"paper.seconds.{method}", a): _positive(f"paper.seconds.{method}.{a}", v)
+            for a, v in figures.items()
+        }
+    min_speedup: dict[float, dict[str, float]] = {}
+    for accuracy, ways in dict(table.get("min-speedup", {})).items():
+        key = f"paper.min-speedup.{accuracy}"
+        if not isinstance(ways, dict) or set(ways) - set(COUNTINGS):
+            raise ConfigError(key, str(ways), f"a table with keys among {list(COUNTINGS)}")
+        min_speedup[_accuracy(key, accuracy)] = {k: _positive(f"{key}.{k}", v) for k, v in ways.items()}
+    density = table.get("final-density")
+    if density is not None and not 0 < _positive("paper.final-density", density) <= 1:
+        raise ConfigError("paper.final-density", str(density), "a density in (0, 1]")
+    return PaperFigures(
+        reference=str(table.get("reference", "")),
+        seconds=seconds,
+        final_density=None if density is None else float(density),
+        min_speedup=min_speedup,
+        method=subject,
+    )
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -255,6 +328,46 @@ def plan_runs(shared: dict[str, object], methods: Sequence[str], report_dir: Pat
     """One plan per method, every configuration validated before anything runs."""
     runs_dir = report_dir / RUNS_DIR
     return [plan_run(method_config(shared, method, runs_dir)) for method in methods]
+
+
+def density_key(method: str) -> str | None:
+    """``pruning.<method>.target-density`` if ``method`` has a target density, else None."""
+    key = f"pruning.{method}.target-density"
+    return key if key in METHODS[method].settings_keys() else None
+
+
+def density_dependents(
+    preset: BenchPreset, methods: Sequence[str], overrides: Iterable[tuple[str, object]] = ()
+) -> list[str]:
+    """The methods whose target density comes from ``preset.density_from``'s final density.
+
+    A method whose density key the user sets explicitly (``--set``) keeps it.
+    """
+    if not preset.density_from:
+        return []
+    given = {key for key, _ in overrides}
+    dependents = [
+        m
+        for m in methods
+        if m != preset.density_from and density_key(m) is not None and density_key(m) not in given
+    ]
+    if dependents and preset.density_from not in methods:
+        raise BenchError(
+            f"{', '.join(dependents)} take their target density from the final density of "
+            f"{preset.density_from!r} (bench.density-from); run it too (--methods) or set "
+            + ", ".join(f"{density_key(m)}" for m in dependents)
+        )
+    return dependents
+
+
+def final_density(folder: Path) -> float:
+    """The density of a finished run's last round (``rounds.csv``), to 6 decimals."""
+    if not (folder / SUMMARY_FILE).is_file():
+        raise BenchError(f"{folder} has not finished; its final density is not known yet")
+    rows = read_rounds(folder)
+    if not rows:
+        raise BenchError(f"{folder} has no rounds")
+    return round(float(rows[-1]["density"]), 6)
 
 
 def execute(plans: Sequence[RunPlan], run: Runner) -> list[Path]:
@@ -472,6 +585,13 @@ def scale_markdown(scale: dict) -> str:
 
 # -- the report ------------------------------------------------------------------------------
 SCALE_FILE = "scale.json"
+PAPER_FILE = "paper.csv"
+METHOD_NAMES = {
+    "none": "dense FedAvg (`none`)",
+    "prunefl": "PruneFL (`prunefl`)",
+    "snip": "SNIP (`snip`)",
+    "magnitude": "iterative magnitude pruning (`magnitude`)",
+}
 
 
 def write_bench_report(
@@ -492,6 +612,17 @@ def write_bench_report(
     rows, profiles = table_rows(runs, preset.target, preset.profiles)
     profile = next((p for p in preset.profiles if p in profiles), profiles[0] if profiles else None)
     early = [targets_markdown(preset, rows, overheads, profile)] if preset.targets != Targets() else []
+    if preset.paper is not None and profile is not None:
+        from simulations.report import paper_markdown, paper_rows, write_paper_csv
+
+        compared = paper_rows(runs, preset.paper, profile)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write_paper_csv(report_dir / PAPER_FILE, compared)
+        early.append(
+            "## Against the paper\n\n"
+            + paper_markdown(compared, preset.paper, profile, METHOD_NAMES)
+            + f"\n\nThe same figures: `{PAPER_FILE}`."
+        )
     sections = [
         "## Framework overhead\n\n"
         "Share of the rounds' wall time (rounds 1..R, summed) spent in each phase, **measured** on this "
@@ -596,8 +727,16 @@ def run_bench(
     from simulations.live import RunView, flower_log, stdout_console
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    overrides = list(overrides)
     shared = shared_setting(preset, overrides)
-    plans = plan_runs(shared, with_baseline(methods), report_dir)
+    ordered = with_baseline(methods)
+    dependents = density_dependents(preset, ordered, overrides)
+    plans = plan_runs(shared, [m for m in ordered if m not in dependents], report_dir)
+    # the dependents' configurations are checked now, with their own density for the time being
+    provisional = [method_config(shared, m, report_dir / RUNS_DIR) for m in dependents]
+    for config in provisional:
+        config.check_simulation()
+        preflight(config)
     for plan in plans:
         plan.config.check_simulation()
         layout = preflight(plan.config)
@@ -612,14 +751,40 @@ def run_bench(
         with RunView(shown, title) as view, flower_log(verbose, view):
             return run(config, checkpoint, view)
 
-    for plan in plans:
-        if plan.action == "reuse":
-            shown.print(f"bench {preset.name}: {plan.method} reused from {plan.folder}", highlight=False)
-    folders = execute(plans, run_shown)
+    def say_reused(plans: Sequence[RunPlan]) -> None:
+        for plan in plans:
+            if plan.action == "reuse":
+                shown.print(f"bench {preset.name}: {plan.method} reused from {plan.folder}", highlight=False)
+
+    notes = []
+    say_reused(plans)
+    execute(plans, run_shown)
+    if dependents:
+        density = final_density(report_dir / RUNS_DIR / preset.density_from)
+        keys = {density_key(m): density for m in dependents}
+        later = plan_runs({**shared, **keys}, dependents, report_dir)
+        for plan in later:
+            if plan.checkpoint is not None:
+                check_fits(plan.checkpoint, plan.config, preflight(plan.config))
+        say_reused(later)
+        execute(later, run_shown)
+        plans = [*plans, *later]
+        notes.append(
+            f"{', '.join(f'`{m}`' for m in dependents)} pruned to `{preset.density_from}`'s final "
+            f"density, {density:.4f} (bench.density-from), as PruneFL's paper runs its baselines."
+        )
+    order = {method: i for i, method in enumerate(ordered)}
+    plans = sorted(plans, key=lambda plan: order[plan.method])
+    folders = [plan.folder for plan in plans]
     done = {"reuse": "reused from an earlier call", "resume": "resumed from its checkpoint", "start": "run"}
-    notes = ["This call: " + "; ".join(f"`{plan.method}` {done[plan.action]}" for plan in plans) + "."]
+    notes.insert(0, "This call: " + "; ".join(f"`{plan.method}` {done[plan.action]}" for plan in plans) + ".")
     notes.append(
         "The machine may have been shared with other jobs while the runs ran; wall times are indicative "
         "(see the load average)."
     )
     return write_bench_report(report_dir, preset, folders, command, environment(load_before), notes)
+
+
+def shared_rounds(plans: Sequence[RunPlan], configs: Sequence[AppConfig]) -> int:
+    """The rounds every run of the bench has (one shared setting)."""
+    return max([p.config.federation.rounds for p in plans] + [c.federation.rounds for c in configs])

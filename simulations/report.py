@@ -596,3 +596,185 @@ def report_runs(folders: Sequence[Path], output: Path, target: float | None, com
     return write_report(
         output, runs, chosen, title, command, run_environment(runs), notes=[note], baseline=baseline
     )
+
+
+# -- a paper's figures beside the run's -------------------------------------------------------
+COUNTINGS = ("counted", "not-counted")  # initial pruning counted as round 0, or left out
+COUNTING_LABELS = {
+    "counted": "initial pruning counted as round 0 (what a device spends)",
+    "not-counted": "initial pruning not counted (as the paper's simulation)",
+}
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """A paper's figures to set beside a benchmark's (a bench preset's ``[paper]``).
+
+    ``seconds[method][accuracy]`` is the paper's modelled time to that test accuracy;
+    ``min_speedup[accuracy][counting]`` the speed-up over dense FedAvg ``method`` should
+    reach (``counting`` one of :data:`COUNTINGS`); ``final_density`` the paper's.
+    """
+
+    reference: str = ""
+    seconds: dict[str, dict[float, float]] = field(default_factory=dict)
+    final_density: float | None = None
+    min_speedup: dict[float, dict[str, float]] = field(default_factory=dict)
+    method: str = "prunefl"  # the method ``min_speedup`` is for
+
+    @property
+    def accuracies(self) -> list[float]:
+        levels = {a for figures in self.seconds.values() for a in figures} | set(self.min_speedup)
+        return sorted(levels)
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One method at one accuracy: the run's figures (modelled time both ways, measured bytes)."""
+
+    accuracy: float
+    label: str
+    round: float  # first round reaching the accuracy (nan: never)
+    seconds: dict[str, float]  # counting -> modelled seconds to the accuracy
+    initial_s: float  # modelled seconds of round 0 (initial pruning)
+    bytes: float  # measured bytes through that round, every message
+    final_density: float
+    paper_s: float  # the paper's modelled seconds (nan: not given)
+
+
+def paper_rows(runs: Sequence[RunRecord], paper: PaperFigures, profile: str) -> list[PaperRow]:
+    """For every accuracy of ``paper`` and every run: modelled seconds (``profile``) and bytes to it."""
+    out = []
+    for run in runs:
+        layout = layout_of(run.config)
+        usable = {p.name: p for p in profiles_for(run.config.model.name, layout)}
+        if profile not in usable:
+            raise ValueError(f"profile {profile!r} has no timings for {run.config.model.name}")
+        elapsed = np.cumsum(modelled_times(run, usable[profile], layout))
+        cumulative = run.cumulative_bytes()
+        initial = float(elapsed[0]) if len(elapsed) else math.nan
+        density = float(run.column("density")[-1]) if len(run.rows) else math.nan
+        for accuracy in paper.accuracies:
+            hit = first_reaching(run, accuracy)
+            counted = float(elapsed[hit]) if hit is not None else math.nan
+            out.append(
+                PaperRow(
+                    accuracy=accuracy,
+                    label=run.label,
+                    round=float(run.rounds[hit]) if hit is not None else math.nan,
+                    seconds={"counted": counted, "not-counted": counted - initial},
+                    initial_s=initial,
+                    bytes=float(cumulative[hit]) if hit is not None else math.nan,
+                    final_density=density,
+                    paper_s=paper.seconds.get(run.label, {}).get(accuracy, math.nan),
+                )
+            )
+    return out
+
+
+def _speedup(base: float, value: float) -> float:
+    return base / value if value > 0 and not math.isnan(base) else math.nan
+
+
+def _ks(s: float) -> str:
+    """Seconds as the paper writes them (17.5k s)."""
+    if math.isnan(s):
+        return "never"
+    return f"{s / 1000:.1f}k s" if s >= 1000 else f"{s:.0f} s"
+
+
+def _times(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}x"
+
+
+def paper_markdown(
+    rows: Sequence[PaperRow], paper: PaperFigures, profile: str, names: dict[str, str], baseline: str = "none"
+) -> str:
+    """One table per accuracy: the run's modelled seconds both ways, speed-ups and bytes, the paper's."""
+    lines = [
+        f"Modelled seconds use the `{profile}` profile; bytes are measured (every message: models, "
+        "masks, importance uploads, set-up and initial pruning)."
+    ]
+    if paper.reference:
+        lines += ["", paper.reference]
+    for accuracy in paper.accuracies:
+        at = [r for r in rows if r.accuracy == accuracy]
+        base = next((r for r in at if r.label == baseline), None)
+        paper_base = paper.seconds.get(baseline, {}).get(accuracy, math.nan)
+        lines += [
+            "",
+            f"### {accuracy:.0%} test accuracy",
+            "",
+            "| method | round reached (measured) | modelled s, IP counted as round 0 | speed-up, IP counted "
+            "| modelled s, IP not counted | speed-up, IP not counted | paper: modelled s | paper: speed-up "
+            "| bytes to it (measured) | bytes, FedAvg / method | final density (measured) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in at:
+            counted, plain = r.seconds["counted"], r.seconds["not-counted"]
+            up_counted = _speedup(base.seconds["counted"], counted) if base else math.nan
+            up_plain = _speedup(base.seconds["not-counted"], plain) if base else math.nan
+            bytes_ratio = _speedup(base.bytes, r.bytes) if base else math.nan
+            share = f" (IP {r.initial_s / counted:.0%})" if r.initial_s > 0 and counted > 0 else ""
+            lines.append(
+                f"| {names.get(r.label, r.label)} | "
+                + ("never" if math.isnan(r.round) else str(int(r.round)))
+                + f" | {_ks(counted)}{share} | {_times(up_counted)} | {_ks(plain)} | {_times(up_plain)} "
+                f"| {_ks(r.paper_s) if not math.isnan(r.paper_s) else 'n/a'} "
+                f"| {_times(_speedup(paper_base, r.paper_s))} | {_bytes(r.bytes)} | {_times(bytes_ratio)} "
+                f"| {r.final_density:.4f} |"
+            )
+        for counting, minimum in paper.min_speedup.get(accuracy, {}).items():
+            for r in at:
+                if r.label != paper.method or base is None:
+                    continue
+                up = _speedup(base.seconds[counting], r.seconds[counting])
+                verdict = (
+                    "not measurable" if math.isnan(up) else ("**met**" if up >= minimum else "**not met**")
+                )
+                shortfall = f", {minimum / up:.2f}x short" if not math.isnan(up) and up < minimum else ""
+                lines.append(
+                    f"- `{r.label}` at {accuracy:.0%}, {COUNTING_LABELS[counting]}: {_times(up)} "
+                    f"(target: at least {minimum:g}x): {verdict}{shortfall}"
+                )
+        reached = sorted((r.seconds["counted"], r.label) for r in at if not math.isnan(r.seconds["counted"]))
+        if reached:
+            order = ", ".join(f"`{label}`" for _, label in reached)
+            lines.append(f"- First to {accuracy:.0%} in modelled time (IP counted): {order}.")
+        missing = [f"`{r.label}`" for r in at if math.isnan(r.round)]
+        if missing:
+            lines.append(f"- Not reaching {accuracy:.0%} within the rounds run: {', '.join(missing)}.")
+    if paper.final_density is not None:
+        lines += ["", f"The paper's final density: about {paper.final_density:.2f}."]
+    return "\n".join(lines)
+
+
+def write_paper_csv(path: Path, rows: Sequence[PaperRow]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "accuracy",
+                "method",
+                "round_reached",
+                "modelled_s_ip_counted",
+                "modelled_s_ip_not_counted",
+                "modelled_s_initial_pruning",
+                "bytes_to_accuracy",
+                "final_density",
+                "paper_modelled_s",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.accuracy,
+                    r.label,
+                    r.round,
+                    r.seconds["counted"],
+                    r.seconds["not-counted"],
+                    r.initial_s,
+                    r.bytes,
+                    r.final_density,
+                    r.paper_s,
+                ]
+            )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,7 +28,17 @@ from simulations.bench import (
     read_overhead,
     run_bench,
 )
-from simulations.report import layout_of, load_run, modelled_times, profiles_for, table_rows, write_report
+from simulations.report import (
+    PaperFigures,
+    layout_of,
+    load_run,
+    modelled_times,
+    paper_markdown,
+    paper_rows,
+    profiles_for,
+    table_rows,
+    write_report,
+)
 from tests.inprocess_grid import InProcessGrid
 
 # -- report.py on a hand-made results folder --------------------------------------------------
@@ -349,3 +360,114 @@ def test_bench_refuses_bad_input_with_one_line(tmp_path, args, expected):
     assert result.exit_code == 2
     assert expected in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_baselines_take_the_final_density_of_the_method_they_follow(tmp_path):
+    calls = []
+
+    def runner(config, checkpoint, on_round):
+        calls.append(config.pruning.method)
+        return in_process(config, checkpoint, on_round)
+
+    preset = dataclasses.replace(bench_preset(2), density_from="prunefl")
+    report = run_bench(preset, ["snip", "prunefl"], [], tmp_path, runner, "fedprune bench tiny")
+    assert calls == ["none", "prunefl", "snip"]  # the dependent runs after its source
+    source = read_rounds(tmp_path / "runs" / "prunefl")
+    snip = load_config(tmp_path / "runs" / "snip" / "config.toml")
+    assert snip.method.target_density == pytest.approx(float(source[-1]["density"]), abs=1e-6)
+    assert "pruned to `prunefl`'s final density" in report.read_text()
+    calls.clear()
+    run_bench(preset, ["snip", "prunefl"], [], tmp_path, runner, "again")
+    assert calls == []  # all three reused, the dependent's density read again from its source
+    with pytest.raises(BenchError, match="bench.density-from"):
+        run_bench(preset, ["snip"], [], tmp_path / "other", runner, "x")
+    # an explicit setting of the key wins over the dependency
+    calls.clear()
+    run_bench(preset, ["snip"], [("pruning.snip.target-density", 0.5)], tmp_path / "own", runner, "x")
+    assert calls == ["none", "snip"]
+
+
+def test_the_paper_table_gives_both_countings_of_initial_pruning(tmp_path):
+    base = load_run(hand_made_run(tmp_path / "none", "none", ["0.1", "0.2", "0.75", "0.85"]))
+    run = load_run(hand_made_run(tmp_path / "prunefl", "prunefl", ["0.1", "0.75", "", "0.85"]))
+    paper = PaperFigures(
+        reference="the paper",
+        seconds={"none": {0.7: 1000.0, 0.8: 3000.0}, "prunefl": {0.7: 200.0, 0.8: 1000.0}},
+        min_speedup={0.7: {"counted": 1.2, "not-counted": 100.0}},
+    )
+    rows = paper_rows([base, run], paper, "raspberry-pi-4-class")
+    small = {"conv1.weight": 500, "conv2.weight": 10000, "fc1.weight": 100000, "fc2.weight": 1000}
+    large = {"conv1.weight": 600, "conv2.weight": 20000, "fc1.weight": 200000, "fc2.weight": 2000}
+    r1 = compute(small) + 150000 / LINK
+    r2 = compute(small) + 225000 / LINK
+    r3 = compute(large) + 300000 / LINK
+    by = {(r.accuracy, r.label): r for r in rows}
+    assert by[0.7, "prunefl"].seconds["counted"] == pytest.approx(12.5 + r1)  # round 0 is IP: 12.5 s
+    assert by[0.7, "prunefl"].seconds["not-counted"] == pytest.approx(r1)
+    assert by[0.7, "none"].seconds["counted"] == pytest.approx(12.5 + r1 + r2)
+    assert by[0.8, "prunefl"].round == 3 and by[0.8, "prunefl"].bytes == 1353000
+    assert by[0.8, "none"].seconds["not-counted"] == pytest.approx(r1 + r2 + r3)
+    assert by[0.7, "prunefl"].paper_s == 200.0 and by[0.7, "prunefl"].final_density == 0.6
+    text = paper_markdown(rows, paper, "raspberry-pi-4-class", {"none": "dense FedAvg"})
+    counted = (12.5 + r1 + r2) / (12.5 + r1)
+    plain = (r1 + r2) / r1
+    assert f"| {counted:.2f}x |" in text and f"| {plain:.2f}x |" in text and "| 5.00x |" in text  # paper's
+    assert (
+        f"counted as round 0 (what a device spends): {counted:.2f}x (target: at least 1.2x): **met**" in text
+    )
+    assert f"{plain:.2f}x (target: at least 100x): **not met**, {100 / plain:.2f}x short" in text
+    assert (
+        "| dense FedAvg | 2 |" in text
+        and "First to 70% in modelled time (IP counted): `prunefl`, `none`." in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"seconds": {"none": {"70%": 1.0}}}, "paper.seconds.none"),
+        ({"seconds": {"nope": {"0.7": 1.0}}}, "methods that start from nothing"),
+        ({"min-speedup": {"0.7": {"sometimes": 2.0}}}, "counted"),
+        ({"final-density": 2.0}, "paper.final-density"),
+        ({"colour": "red"}, "reference, final-density"),
+    ],
+)
+def test_bad_paper_tables_are_refused_naming_the_key(table, expected):
+    from common.settings import ConfigError
+    from simulations.bench import read_paper
+
+    with pytest.raises(ConfigError, match=expected):
+        read_paper(table)
+
+
+def test_the_prunefl_femnist_preset_runs_the_papers_baselines_at_prunefls_density():
+    from simulations.bench import load_bench_preset, shared_setting
+
+    preset = load_bench_preset("prunefl-femnist")
+    assert (
+        set(preset.methods) == {"none", "prunefl", "snip", "magnitude"} and preset.density_from == "prunefl"
+    )
+    assert preset.paper is not None and preset.paper.accuracies == [0.7, 0.8]
+    assert preset.profiles == ("raspberry-pi-4-class",)
+    shared = shared_setting(preset)
+    configs = {m: method_config(shared, m, Path("/tmp/x")) for m in preset.methods}
+    # the paper's settings are untouched; only the round count is raised
+    for config in configs.values():
+        assert (config.train.lr, config.train.local_steps, config.train.batch_size) == (0.25, 5, 20)
+        assert config.train.loss == "bce-one-hot" and config.train.lr_warmup_rounds == 0
+        assert config.model.name == "conv2" and config.data.partitioning == "natural"
+        assert config.federation.rounds >= 1000
+    assert configs["prunefl"].method.reconfig_interval == 50
+    schedule = configs["magnitude"].method.make_schedule(configs["magnitude"].federation.rounds)
+    steps = [t for t in range(1, configs["magnitude"].federation.rounds + 1) if schedule.updates_at(t)]
+    assert len(steps) == 20 and steps[-1] == configs["magnitude"].federation.rounds // 2
+
+
+def test_the_paper_targets_are_for_the_method_the_paper_table_names():
+    from simulations.bench import load_bench_preset, read_paper
+
+    assert load_bench_preset("prunefl-femnist").paper.method == "prunefl"
+    assert (
+        read_paper({"method": "snip", "seconds": {"none": {"0.7": 1.0}, "magnitude": {"0.7": 2.0}}}).method
+        == "snip"
+    )

@@ -86,3 +86,15 @@ def test_choosing_another_method_sets_aside_the_presets_settings_of_its_method(t
     with pytest.raises(ConfigError) as caught:  # what the user sets is never dropped
         load_config(preset, ["pruning.method=none", "pruning.prunefl.reconfig-interval=20"])
     assert caught.value.key == "pruning.prunefl.reconfig-interval"
+
+
+def test_lr_warm_up_rises_linearly_over_the_first_rounds_then_follows_the_decay():
+    from common.config import TrainSettings
+
+    assert [TrainSettings(lr=0.05).lr_at(t) for t in (1, 2, 100)] == [0.05, 0.05, 0.05]  # off by default
+    warm = TrainSettings(lr=0.05, lr_warmup_rounds=4)
+    assert [warm.lr_at(t) for t in range(1, 7)] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05, 0.05])
+    decayed = TrainSettings(lr=0.1, lr_half_life=10.0, lr_warmup_rounds=1)
+    assert decayed.lr_at(1) == pytest.approx(0.1 * 0.5**0.1 / 2) and decayed.lr_at(10) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="train.lr-warmup-rounds"):
+        load_config(overrides=["train.lr-warmup-rounds=-1"])

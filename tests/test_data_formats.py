@@ -211,7 +211,7 @@ def test_leaf_json_gives_samples_writers_and_8bit_pixels(leaf_folder):
     assert data.y_train.tolist() == [1, 1, 2, 3, 4, 60, 0, 61, 5]
     assert data.writers.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2]  # w2, w3, w1
     assert data.test_writers.tolist() == [1, 2, 2] and data.y_test.tolist() == [7, 8, 9]
-    assert np.allclose(data.to_inputs(data.x_train[:2]).reshape(2, 784).numpy(), b, atol=1e-6)
+    assert np.allclose(data.to_inputs(data.x_train[:2]).reshape(2, 784).numpy(), 1 - b, atol=1e-6)
 
 
 def test_leaf_values_that_are_not_8bit_stay_float(tmp_path):
@@ -221,7 +221,25 @@ def test_leaf_values_that_are_not_8bit_stay_float(tmp_path):
     data = load_leaf_femnist(tmp_path / "femnist", tmp_path)
     assert data.x_train.dtype == torch.float32 and float(
         data.to_inputs(data.x_train)[0, 0, 0, 0]
-    ) == pytest.approx(0.3)
+    ) == pytest.approx(0.7)  # inverted, as the 8-bit path
+    assert float(data.x_train[0, 0, 0, 0]) == pytest.approx(0.3)  # the stored values are LEAF's
+
+
+def test_leaf_pixels_reach_the_model_inverted_ink_one_background_zero(tmp_path):
+    """A hand-made LEAF image: white background (1.0), a black stroke (0.0), one grey pixel."""
+    image = np.ones((1, 784))  # LEAF: 1.0 = white background
+    image[0, 28 * 14 : 28 * 14 + 28] = 0.0  # row 14: a horizontal black stroke
+    image[0, 0] = 64 / 255  # dark grey in the top-left corner
+    write(tmp_path / "femnist" / "train" / "a.json", leaf_file({"w": (image, [3])}), False)
+    write(tmp_path / "femnist" / "test" / "a.json", leaf_file({"w": (image, [3])}), False)
+    data = load_leaf_femnist(tmp_path / "femnist", tmp_path)
+    inputs = data.to_inputs(data.x_train)
+    assert inputs.dtype == torch.float32 and tuple(inputs.shape) == (1, 1, 28, 28)
+    assert torch.all(inputs[0, 0, 14] == 1.0)  # ink is 1
+    assert float(inputs[0, 0, 27, 27]) == 0.0 and float(inputs.sum()) == pytest.approx(28 + 191 / 255)
+    assert float(inputs[0, 0, 0, 0]) == pytest.approx(1 - 64 / 255)
+    assert torch.equal(data.to_inputs(data.x_test), inputs)  # the server's test set likewise
+    assert int(data.x_train[0, 0, 0, 1]) == 255  # stored as LEAF holds it
 
 
 def test_leaf_malformed_files_and_sha256sums(leaf_folder, tmp_path):

@@ -68,7 +68,10 @@ def test_femnist_leaf_sample():
     assert int(data.y_train.min()) >= 0 and int(data.y_train.max()) <= 61
     assert len(np.unique(data.writers)) == 105
     assert set(np.unique(data.test_writers)) <= set(np.unique(data.writers))
-    assert float(data.to_inputs(data.x_train[:16]).max()) == 1.0  # white background
+    assert int(data.x_train[:16].max()) == 255  # LEAF's white background, stored as LEAF holds it
+    inputs = data.to_inputs(data.x_train[:16])
+    assert float(inputs.min()) == 0.0 and float(inputs.max()) <= 1.0
+    assert float((inputs == 0).float().mean()) > 0.5  # fed inverted: the background (most pixels) is 0
 
 
 def test_femnist_natural_split_keeps_writers_whole_and_tests_on_their_samples():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -153,3 +155,25 @@ def test_bce_one_hot_is_binary_cross_entropy_on_one_hot_labels():
         / 3
     )
     assert float(make_loss("bce-one-hot", 3)(logits, torch.tensor([1]))) == pytest.approx(float(expected))
+
+
+def kaiming_uniform_fan_out_std(fan_out: int, a: float = 0.0) -> float:
+    """std of Kaiming-uniform, mode fan_out: bound = gain * sqrt(3 / fan_out), std = bound / sqrt(3)."""
+    gain = math.sqrt(2.0 / (1 + a**2))
+    bound = gain * math.sqrt(3.0 / fan_out)
+    return bound / math.sqrt(3.0)
+
+
+def test_conv2_linear_layers_are_initialised_as_prunefls_leaf_conv2():
+    model = build_model("conv2", 62, (1, 28, 28), seed=0)
+    fc2 = model.fc2.weight.detach()
+    expected = kaiming_uniform_fan_out_std(62)  # sqrt(2 / 62) = 0.1796
+    assert float(fc2.std()) == pytest.approx(expected, rel=0.02)  # 126,976 draws: about 0.3% sampling error
+    assert float(fc2.abs().max()) <= math.sqrt(6 / 62) and float(fc2.abs().max()) > 0.99 * math.sqrt(6 / 62)
+    fc1 = model.fc1.weight.detach()
+    assert float(fc1.std()) == pytest.approx(kaiming_uniform_fan_out_std(2048), rel=0.01)
+    # torch's default (fan-in, a = sqrt(5)) would give fc2 std 1 / sqrt(3 * 2048) = 0.0128, 14x smaller
+    assert float(fc2.std()) / (1 / math.sqrt(3 * 2048)) > 13
+    # biases and convolutions keep torch's defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert float(model.fc2.bias.abs().max()) <= 1 / math.sqrt(2048)
+    assert float(model.conv1.weight.abs().max()) <= 1 / math.sqrt(25)

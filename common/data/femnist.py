@@ -15,8 +15,15 @@ What fedprune makes of it:
 * test set (the server's): every writer's test samples, with ``test_writers``,
   so that a client of the natural split can evaluate on its own writers' LEAF
   test samples;
-* pixels are LEAF's 8-bit values divided by 255: stored back as uint8 (a quarter
-  of the memory of float32) when every value is k/255, and scaled per batch.
+* pixels are stored as LEAF holds them (1.0 = white background): back as uint8 (a
+  quarter of the memory of float32) when every value is k/255, else float32;
+* the model sees them **inverted**, ``1 - x`` (ink 1, background 0, unnormalised),
+  scaled per batch by :func:`ink_on_black`: the orientation the PruneFL authors'
+  loader feeds their LEAF Conv-2 (each image becomes ``uint8(255 * (1 - x))`` before
+  ``ToTensor``; their public repository jiangyuang/PruneFL, ``bases/vision/datasets.py``,
+  ``FEMNIST.__getitem__``; Jiang et al., TNNLS 2022), on which their FEMNIST figures
+  were measured. Background-zero inputs also
+  leave the ReLU network's first layer free of a constant full-image offset.
 
 No checksums are published for LEAF's random samples; the files are verified
 against the data folder's ``SHA256SUMS`` when it lists them.
@@ -129,8 +136,11 @@ def _as_pixels(x: np.ndarray) -> tuple[torch.Tensor, bool]:
     return torch.from_numpy(np.ascontiguousarray(x).reshape(-1, 1, 28, 28)), False
 
 
-def _float_inputs(x: torch.Tensor) -> torch.Tensor:
-    return x
+def ink_on_black(x: torch.Tensor) -> torch.Tensor:
+    """Model inputs from stored LEAF pixels (1 = background): ``1 - x`` (``1 - x / 255`` for uint8)."""
+    if x.dtype == torch.uint8:
+        return scale_255(x).neg_().add_(1.0)  # scale_255 returns a new tensor
+    return 1.0 - x.to(torch.float32)
 
 
 def load_leaf_femnist(directory: Path, data_dir: Path | None) -> ArrayDataset:
@@ -154,7 +164,7 @@ def load_leaf_femnist(directory: Path, data_dir: Path | None) -> ArrayDataset:
         x_test=x_test,
         y_test=torch.from_numpy(np.concatenate(test.y)),
         num_classes=NUM_CLASSES,
-        to_inputs=scale_255 if x_train.dtype == torch.uint8 else _float_inputs,
+        to_inputs=ink_on_black,
         writers=np.concatenate(train.writers),
         test_writers=np.concatenate(test.writers),
     )

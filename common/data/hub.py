@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .dataset import ArrayDataset, Standardize, scale_255
+from .femnist import ink_on_black
 from .files import DataFilesMissing, DataFormatError
 
 logger = logging.getLogger("fedprune.data")
@@ -56,7 +57,11 @@ HUB_SOURCES: dict[str, HubSource] = {
         "flwrlabs/femnist", label="character", writer="writer_id", test_split="", class_names=LEAF_CLASSES
     ),
 }
-INPUTS = {"cifar10": Standardize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))}
+# The hub's FEMNIST images are LEAF's (white background), fed inverted as the LEAF loader's.
+INPUTS = {
+    "cifar10": Standardize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "femnist": ink_on_black,
+}
 
 
 def images_to_array(images: list) -> np.ndarray:
