@@ -24,6 +24,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
+from flwr.superlink.grid import InMemoryGrid
 
 from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel, ProfileError, load_profile
@@ -411,6 +412,24 @@ def environment() -> dict[str, str]:
     }
 
 
+REPLY_POLL_INTERVAL_S = 0.005
+
+
+def poll_replies_promptly(grid: Grid) -> None:
+    """Let Flower's in-memory grid (simulation) look for replies every 5 ms, not every 100 ms.
+
+    ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` (0.1 s by default, a
+    constructor argument that ``run_simulation`` leaves at its default) between looks
+    at the link state, so a round waits 50 ms on average after its last reply before
+    the server sees it. A look is an in-memory query: at 5 ms it costs well under 1%
+    of a core. Flower offers no way to wake on arrival, and its simulation engine's
+    own look for new messages to deliver (every 0.1 s, in ``vce_api``) is not the
+    app's to change. A deployment's grid (gRPC) is left as it is.
+    """
+    if isinstance(grid, InMemoryGrid):
+        grid.pull_interval = REPLY_POLL_INTERVAL_S
+
+
 def build_server_app(
     config: AppConfig | None = None,
     on_finish: Callable[[RunSummary], None] | None = None,
@@ -428,6 +447,7 @@ def build_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        poll_replies_promptly(grid)
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
             summary = run_federation(grid, resolved, resume, progress)
