@@ -506,3 +506,16 @@ def test_a_poisoned_aggregate_skips_the_round_and_keeps_the_model(tmp_path, monk
 
     assert sent_values(1) == sent_values(2)
     assert all(np.isfinite(v).all() for v in final_model(tmp_path).values())
+
+
+def test_inflated_importance_is_accepted_but_scaled_to_its_bound(tmp_path, warnings_logged):
+    """PruneFL importance x 1e30: well-formed, so kept, but it weighs as statistic-factor honest clients."""
+    grid = TamperingGrid(
+        client_app, 3, tamper=numbers("importance", lambda v: v * 1e30), message_type="train"
+    )
+    run_federation(grid, config(tmp_path))
+    row = read_rounds(tmp_path / "run")[1]
+    assert (int(row["rejected"]), int(row["failures"])) == (0, 0)
+    scaled = [w for w in warnings_logged if "uploaded importance of node 100 scaled by" in w]
+    assert len(scaled) == 1 and "federation.statistic-factor = 10" in scaled[0]
+    assert not any("importance of node 101" in w or "importance of node 102" in w for w in warnings_logged)

@@ -280,3 +280,49 @@ def test_a_clients_statistic_weighs_at_most_factor_times_the_median(boost):
 
 def test_format_settings_are_what_the_strategy_expects():
     assert WireFormat().values == "float32" and not WireFormat().lossy_values
+
+
+def _method(name: str, extra: list[str] = ()):
+    from common.config import load_config
+    from common.data import DATASETS
+    from common.layout import ModelLayout
+    from common.models import build_model
+    from common.pruning import MethodEnv
+
+    config = load_config(None, [f"pruning.method={name}", *extra])
+    source = DATASETS[config.data.dataset]
+    layout = ModelLayout.from_model(build_model(config.model.name, source.num_classes, source.input_shape))
+    env = MethodEnv(
+        layout, 10, 2, True, 0, config.model.name, source.num_classes, source.input_shape, 32, 10.0
+    )
+    return config.method_class(config.method, env)
+
+
+def test_one_clients_gates_move_the_average_by_at_most_its_bounded_share():
+    from common.pruning import ClientReport
+
+    method = _method("tgf")
+    start = method.gates.astype(np.float64)
+    rng = np.random.default_rng(0)
+    honest = [start + rng.normal(scale=0.01, size=start.size) for _ in range(9)]
+    hostile = start + 1e30
+    reports = [ClientReport(i, 1.0, None, {"gates": list(g)}) for i, g in enumerate([*honest, hostile])]
+    method.merge_clients(1, np.zeros(0), np.zeros(0, bool), reports)
+    honest_norms = [np.linalg.norm(g - start) for g in honest]
+    moved = np.linalg.norm(method.gates.astype(np.float64) - np.mean([*honest, start], axis=0))
+    # the hostile change is clipped to 10 x median honest-ish change, and weighs 1/10
+    assert moved <= 10.0 * max(honest_norms) / 10 * (1 + 1e-3) + 1e-6
+    assert np.isfinite(method.gates).all()
+
+
+def test_a_dense_mask_cannot_take_over_a_gibbs_union():
+    from common.pruning import ClientReport
+
+    method = _method("gibbs")
+    layout = method.env.layout
+    rng = np.random.default_rng(0)
+    masks = [layout.mask_from_prunable(rng.random(layout.num_prunable) < 0.05) for _ in range(9)]
+    reports = [ClientReport(i, 1.0, m, {}) for i, m in enumerate([*masks, layout.full_mask()])]
+    merged = method.merge_clients(1, np.zeros(layout.num_floats, F32), layout.full_mask(), reports)
+    assert merged is not None
+    assert np.array_equal(merged, np.logical_or.reduce(masks))  # the all-kept mask is left out
