@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from client.app import THREADS_ENV
@@ -24,11 +25,13 @@ def simulate(
     config: AppConfig,
     resume: Checkpoint | None = None,
     on_round: Callable[[RoundRow], None] | None = None,
+    client: ClientApp = client_app,
 ) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
 
     With ``resume``, continue the run of ``config``'s results folder after that checkpoint;
-    ``on_round`` receives every round's row as the ServerApp (in this process) writes it.
+    ``on_round`` receives every round's row as the ServerApp (in this process) writes it;
+    ``client`` replaces the ClientApp (a benchmark's hostile one, :mod:`simulations.hostile`).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -46,7 +49,7 @@ def simulate(
     }
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=client,
         num_supernodes=config.simulation.num_clients,
         backend_config=backend_config,  # type: ignore[arg-type]
     )
