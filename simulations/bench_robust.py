@@ -73,9 +73,8 @@ def run_one(attack: str, rule: str, hostile: int, args: argparse.Namespace, outp
 def table(outcomes: list[Outcome]) -> tuple[str, dict[tuple[str, int], float]]:
     """The printed table, and the worst drop (points) per (rule, hostile count)."""
     honest = {o.rule: o.accuracy for o in outcomes if o.attack == "honest"}
-    lines = [
-        f"{'attack':<16} {'rule':<13} {'hostile':>7} {'accuracy':>9} {'honest':>7} {'drop':>7} {'rejected':>8}"
-    ]
+    header = ("attack", "rule", "hostile", "accuracy", "honest", "drop", "rejected")
+    lines = ["{:<16} {:<13} {:>7} {:>9} {:>7} {:>7} {:>8}".format(*header)]
     worst: dict[tuple[str, int], float] = {}
     for o in outcomes:
         base = honest.get(o.rule, float("nan"))

@@ -7,7 +7,6 @@ Every case runs the whole app in process and forges one reply of node 100
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -76,21 +75,6 @@ class TamperingGrid(InProcessGrid):
             else:
                 replies.append(reply)
         return replies
-
-
-@pytest.fixture
-def warnings_logged():
-    """Messages Flower's logger emits at WARNING or above during the test."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    logging.getLogger("flwr").addHandler(handler)
-    yield records
-    logging.getLogger("flwr").removeHandler(handler)
 
 
 def config(folder: Path, extra: list[str] = ()):
