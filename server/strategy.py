@@ -389,10 +389,13 @@ class PruningFedAvg(FedAvg):
         the client's own movement, and the average update lands on the exact float32 copy
         (sub-ulp progress is kept across rounds instead of being rounded away).
 
-        The rebuilt part and the uploaded part of each client are bounded separately
-        (:func:`common.bounds.median_clip_scales`): a client's sum over positions is at
-        most ``federation.statistic-factor`` times the round's median sum of that part,
-        so one client weighs at most as much as that many honest ones.
+        Each client's uploaded importance is bounded (:func:`common.bounds.median_clip_scales`):
+        its sum over positions is at most ``federation.statistic-factor`` times the round's
+        median sum, so one client weighs at most as much as that many honest ones. The part
+        rebuilt from a client's update follows the aggregation rule: under ``mean`` the
+        update is used whole and so is its rebuilt importance (honest updates' squared norms
+        differ by over 50x between clients of one round, so a median bound would change
+        honest runs); under the robust rules it is bounded the same way as uploads.
         """
         if self.plan.importance is ImportanceRequest.OFF:
             return
@@ -407,7 +410,9 @@ class PruningFedAvg(FedAvg):
             for r in accepted
         ]
         uploaded = [r.importance for r in accepted]
-        rebuilt_scales = self._statistic_scales(server_round, "rebuilt importance", accepted, rebuilt)
+        rebuilt_scales = [1.0] * len(accepted)
+        if self.config.federation.aggregation != "mean":
+            rebuilt_scales = self._statistic_scales(server_round, "rebuilt importance", accepted, rebuilt)
         upload_scales = self._statistic_scales(server_round, "uploaded importance", accepted, uploaded)
         for part, scale, upload, upload_scale in zip(
             rebuilt, rebuilt_scales, uploaded, upload_scales, strict=True
