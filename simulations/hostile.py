@@ -10,7 +10,7 @@ attack              the hostile node's training reply ...
 ==================  =============================================================
 ``values-1e30``     carries 1e30 for every kept value
 ``importance-1e30`` carries PruneFL's uploaded importance times 1e30
-``replay``          carries the arrays of its previous reply (from round 2 on)
+``replay``          carries the arrays of its first reply again (from round 2 on)
 ``bfloat16``        carries its values in bfloat16 (the run's format: float32)
 ``as-update``       flags its values as an update w_c - w_start
 ``wrong-round``     is labelled with another round
@@ -74,9 +74,10 @@ def attack_reply(name: str, reply: Message, sent: Message, context: Context) -> 
             )
     elif name == "replay":
         previous = context.state.array_records.get(PREVIOUS)
-        context.state[PREVIOUS] = ArrayRecord(dict(record.items()))
         if previous is not None:
-            reply.content[keys.ARRAYS] = previous
+            reply.content[keys.ARRAYS] = previous  # what it sent last time, again
+        else:
+            context.state[PREVIOUS] = ArrayRecord(dict(record.items()))
     elif name == "bfloat16":
         _rewrite_values(reply, lambda v: v, fmt="bfloat16")
     elif name == "as-update":
