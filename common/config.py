@@ -38,6 +38,12 @@ class FederationSettings(Section):
     seed: int = 0
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     connect_timeout: float = 300.0  # seconds to wait for min-clients nodes at start
+    # robustness against hostile clients (docs/robustness.md)
+    aggregation: Literal["mean", "clip", "trimmed-mean", "median"] = "mean"
+    clip_factor: float = 2.0  # clip: updates clipped to this multiple of the round's median update norm
+    trim_fraction: float = 0.2  # trimmed-mean: share of the weight cut at each end, per position
+    outlier_factor: float = 10.0  # replies whose update norm exceeds this multiple of the model's: outlier
+    statistic_factor: float = 10.0  # a client's statistic is clipped to this multiple of the round's median
 
     def validate(self) -> None:
         self.require("rounds", self.rounds >= 1, "an integer >= 1")
@@ -46,6 +52,10 @@ class FederationSettings(Section):
         self.require("seed", self.seed >= 0, "an integer >= 0")
         self.require("round_timeout", self.round_timeout > 0, "a number of seconds > 0")
         self.require("connect_timeout", self.connect_timeout > 0, "a number of seconds > 0")
+        self.require("clip_factor", self.clip_factor > 0, "a multiple of the median update norm > 0")
+        self.require("trim_fraction", 0 <= self.trim_fraction < 0.5, "a fraction in [0, 0.5)")
+        self.require("outlier_factor", self.outlier_factor > 0, "a multiple of the model's norm > 0")
+        self.require("statistic_factor", self.statistic_factor >= 1, "a multiple of the median >= 1")
         if self.clients_per_round:
             self.require(
                 "min_clients",

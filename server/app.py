@@ -239,6 +239,7 @@ def run_federation(
         source.num_classes,
         source.input_shape,
         config.train.batch_size,
+        fed.statistic_factor,
     )
     method = config.method_class(config.method, env)
     rounds = method.planned_rounds(fed.rounds)

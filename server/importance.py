@@ -57,14 +57,34 @@ class ImportanceAccumulator:
         lr: float,
     ) -> None:
         """Rebuild n (delta / lr) ** 2 at the kept parameter positions of one reply."""
+        self.add_rebuilt(mask, self.rebuild(mask, start_values, client_values, samples, lr))
+
+    def _use_mask(self, mask: np.ndarray) -> None:
         if self._mask is None or not np.array_equal(self._mask, mask):
             self._flush()
             self._mask = mask.copy()
             self._kept = np.flatnonzero(mask)
             self._kept_is_parameter = self.is_parameter[self._kept]
+
+    def rebuild(
+        self,
+        mask: np.ndarray,
+        start_values: np.ndarray,
+        client_values: np.ndarray,
+        samples: int,
+        lr: float,
+    ) -> np.ndarray:
+        """n (delta / lr) ** 2 over ``mask``'s kept positions, 0 at kept non-parameters (float64)."""
+        self._use_mask(mask)
         delta = client_values - start_values  # float32, as the values travelled
         rebuilt = np.square(delta, dtype=np.float64)
         rebuilt *= samples / (lr * lr)
+        rebuilt[~self._kept_is_parameter] = 0.0
+        return rebuilt
+
+    def add_rebuilt(self, mask: np.ndarray, rebuilt: np.ndarray) -> None:
+        """Add one reply's :meth:`rebuild` output (possibly scaled down) for ``mask``."""
+        self._use_mask(mask)
         if self._pending is None:
             self._pending = np.zeros(len(self._kept), dtype=np.float64)
         self._pending += rebuilt

@@ -5,9 +5,11 @@ Flower's ``Strategy.start`` owns the round loop. Per round:
 
 1. ``configure_train`` samples nodes reproducibly and sends each the kept values
    (plus the mask if its copy is stale) and the round's task;
-2. ``aggregate_train`` decodes and checks every reply, averages the kept values
-   (masked FedAvg), accumulates the importance statistic and lets the pruning
-   method reconfigure the mask;
+2. ``aggregate_train`` decodes and checks every reply (outliers and replays
+   included), aggregates the kept values (masked FedAvg, or a robust rule of
+   :mod:`server.robust`), skips a round whose aggregate is poisoned, accumulates
+   the importance statistic, each client's share bounded (:mod:`common.bounds`),
+   and lets the pruning method reconfigure the mask;
 3. ``configure_evaluate`` / ``aggregate_evaluate`` run optional federated
    evaluation on a share of the clients;
 4. :meth:`PruningFedAvg.end_round`, passed to ``start`` as ``evaluate_fn``,
@@ -32,6 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from common import keys
+from common.bounds import median_clip_scales
 from common.config import AppConfig
 from common.cost_model import CostModel
 from common.pruning import ClientReport, ImportanceRequest, PruningMethod, RoundPlan
@@ -41,7 +44,6 @@ from common.wire import WireError
 from common.wire.codec import decode_mask, decode_payload
 
 from . import validation
-from .aggregation import average_counters, masked_fedavg, per_position_fedavg
 from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
@@ -52,6 +54,7 @@ from .nodes import NodeBook, NodeInfo
 from .phases import ClientPhases, round_phases
 from .progress import RunProgress
 from .results import ResultsWriter, RoundRow
+from .robust import aggregate_counters, aggregate_masked, robust_average
 from .validation import Exchange, RejectedReply
 
 STALE_MASK = "stale-mask"  # prefix of a client's error reason when it lacks the mask
@@ -135,6 +138,8 @@ class PruningFedAvg(FedAvg):
         self.grid: Grid | None = None
         self.max_reply_bytes = validation.max_reply_bytes(model.layout)
         self.exchanges: dict[str, Exchange] = {}
+        self.replays = validation.ReplayGuard()
+        self.model_norm = 0.0  # ||kept values|| when the round's models were sent
         self.clients_hold_importance = False  # True after a round in which clients only accumulated
         self.checkpoints = CheckpointPlanner(
             CheckpointSchedule(config.output.checkpoint_every, config.federation.rounds)
@@ -193,6 +198,7 @@ class PruningFedAvg(FedAvg):
         self.sent = {node.node_id: node for node in sampled}
         self.row.clients = len(sampled)
         self.sent_values = self.model.kept_values()
+        self.model_norm = float(np.linalg.norm(self.sent_values.astype(np.float64)))
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
         with self.clock.phase("encode"):
             messages = self.messenger.model_messages(
@@ -217,6 +223,7 @@ class PruningFedAvg(FedAvg):
         node = self.sent[reply.metadata.src_node_id]
         content = reply.content
         validation.required_records(content, [keys.ARRAYS], [keys.METRICS])
+        self.replays.check(node.node_id, content.array_records[keys.ARRAYS])
         train = self.config.train
         checked = validation.train_metrics(
             content.metric_records[keys.METRICS],
@@ -238,12 +245,14 @@ class PruningFedAvg(FedAvg):
                 raise WireError("a client may not change the mask")
             if client_mask is None and self.plan.client_masks:
                 raise WireError("this round's clients must reply with their own mask")
+            wire = self.config.wire
             payload = decode_payload(
                 record,
                 self.model.layout,
                 self.model.mask if client_mask is None else client_mask,
                 importance_length=len(self._importance_positions()) if expects_upload else None,
-                reference=self.sent_values if client_mask is None else None,
+                reference=self.sent_values if client_mask is None and wire.format().lossy_values else None,
+                expected=wire.format(),
             )
         except WireError as exc:
             raise RejectedReply("bad-payload", str(exc)) from exc
@@ -254,6 +263,10 @@ class PruningFedAvg(FedAvg):
         validation.finite_array("values", payload.values)
         if payload.importance is not None:
             validation.finite_array("importance", payload.importance, nonnegative=True)
+        start = self.sent_values if client_mask is None else self.model.floats[client_mask]
+        validation.bounded_update(
+            payload.values, start, self.model_norm, self.config.federation.outlier_factor
+        )
         return TrainReply(
             node,
             payload.values,
@@ -301,7 +314,8 @@ class PruningFedAvg(FedAvg):
             return None, None
         accepted.sort(key=lambda r: (r.node.partition_id, r.node.node_id))
         with self.clock.phase("aggregate"):
-            self._aggregate(server_round, accepted)
+            if not self._aggregate(server_round, accepted):
+                return None, None
         with self.clock.phase("reconfigure"):
             self._reconfigure(server_round, accepted)
         self.row.train_loss = float(
@@ -330,30 +344,115 @@ class PruningFedAvg(FedAvg):
             self.row.evaluate_rejected += 1
         log(WARNING, "round %d: %s reply of node %d rejected: %s", server_round, phase, node_id, exc)
 
-    def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> None:
+    def _aggregate(self, server_round: int, accepted: list[TrainReply]) -> bool:
+        """Aggregate the replies into the model; False (model untouched) for a poisoned aggregate."""
         model, weights = self.model, [r.weight for r in accepted]
-        # Lossy formats: a reply is sent + the client's update (w_c - w_start), w_start the
-        # rounded values it received, so the rebuilt importance n ((w_c - w_start) / lr)^2 is
-        # the client's own movement, and the average update lands on the exact float32 copy
-        # (sub-ulp progress is kept across rounds instead of being rounded away).
-        start_values = self.sent_values
-        if self.plan.importance is not ImportanceRequest.OFF:
-            lr = self.config.train.lr_at(server_round)
-            plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0
-            positions = self._importance_positions()
-            for r in accepted:
-                if plain and r.mask is None:
-                    self.importance.add_from_update(model.mask, start_values, r.values, r.samples, lr)
-                if r.importance is not None:
-                    self.importance.add_upload(positions, r.importance)
+        fed = self.config.federation
+        values = [r.values for r in accepted]
+        rule = dict(rule=fed.aggregation, clip_factor=fed.clip_factor, trim_fraction=fed.trim_fraction)
         if self.plan.client_masks:
             masks = [r.mask for r in accepted]
-            model.floats = per_position_fedavg(model.floats, masks, [r.values for r in accepted], weights)
+            floats = robust_average(model.floats, masks, values, weights, **rule)  # type: ignore[arg-type]
         else:
-            model.floats = masked_fedavg(model.floats, model.mask, [r.values for r in accepted], weights)
-        model.ints = average_counters([r.counters for r in accepted], weights)
+            floats = aggregate_masked(model.floats, model.mask, values, weights, **rule)  # type: ignore[arg-type]
+        ints = aggregate_counters([r.counters for r in accepted], weights, fed.aggregation)
         for r in accepted:
             r.node.mask_version = model.mask_version
+        poisoned = self._poisoned(floats)
+        if poisoned:
+            log(
+                WARNING,
+                "round %d: the aggregate %s; the round is skipped and the model stays as it was",
+                server_round,
+                poisoned,
+            )
+            return False
+        self._accumulate_importance(server_round, accepted)
+        model.floats, model.ints = floats, ints
+        return True
+
+    def _poisoned(self, floats: np.ndarray) -> str:
+        """Why the aggregate ``floats`` must not be used ("" when it may be)."""
+        if not np.isfinite(floats).all():
+            return f"holds {int(np.count_nonzero(~np.isfinite(floats)))} NaN or Inf values"
+        step = float(np.linalg.norm(floats.astype(np.float64) - self.model.floats))
+        factor = self.config.federation.outlier_factor
+        if step > factor * self.model_norm:
+            return (
+                f"moves the model by {step:.4g}, more than federation.outlier-factor = {factor:g} "
+                f"times its norm {self.model_norm:.4g}"
+            )
+        return ""
+
+    def _accumulate_importance(self, server_round: int, accepted: list[TrainReply]) -> None:
+        """Add the round's importance contributions, each client's bounded by the round's median.
+
+        Lossy formats: a reply is sent + the client's update (w_c - w_start), w_start the
+        rounded values it received, so the rebuilt importance n ((w_c - w_start) / lr)^2 is
+        the client's own movement, and the average update lands on the exact float32 copy
+        (sub-ulp progress is kept across rounds instead of being rounded away).
+
+        Each client's uploaded importance is bounded (:func:`common.bounds.median_clip_scales`):
+        its sum over positions is at most ``federation.statistic-factor`` times the round's
+        median sum, so one client weighs at most as much as that many honest ones. The part
+        rebuilt from a client's update follows the aggregation rule: under ``mean`` the
+        update is used whole and so is its rebuilt importance (honest updates' squared norms
+        differ by over 50x between clients of one round, so a median bound would change
+        honest runs); under the robust rules it is bounded the same way as uploads.
+        """
+        if self.plan.importance is ImportanceRequest.OFF:
+            return
+        model, start_values = self.model, self.sent_values
+        lr = self.config.train.lr_at(server_round)
+        plain = self.config.train.momentum == 0 and self.config.train.weight_decay == 0
+        positions = self._importance_positions()
+        rebuilt = [
+            self.importance.rebuild(model.mask, start_values, r.values, r.samples, lr)
+            if plain and r.mask is None
+            else None
+            for r in accepted
+        ]
+        uploaded = [r.importance for r in accepted]
+        rebuilt_scales = [1.0] * len(accepted)
+        if self.config.federation.aggregation != "mean":
+            rebuilt_scales = self._statistic_scales(server_round, "rebuilt importance", accepted, rebuilt)
+        upload_scales = self._statistic_scales(server_round, "uploaded importance", accepted, uploaded)
+        for part, scale, upload, upload_scale in zip(
+            rebuilt, rebuilt_scales, uploaded, upload_scales, strict=True
+        ):
+            if part is not None:
+                self.importance.add_rebuilt(model.mask, part * scale if scale < 1 else part)
+            if upload is not None:
+                self.importance.add_upload(
+                    positions, upload.astype(np.float64) * upload_scale if upload_scale < 1 else upload
+                )
+
+    def _statistic_scales(
+        self,
+        server_round: int,
+        what: str,
+        accepted: list[TrainReply],
+        parts: list[np.ndarray | None],
+    ) -> list[float]:
+        """Each reply's scale for its ``part`` (1.0 where it has none), logged where below 1."""
+        present = [i for i, part in enumerate(parts) if part is not None]
+        sizes = [float(np.sum(parts[i], dtype=np.float64)) for i in present]  # type: ignore[arg-type]
+        factor = self.config.federation.statistic_factor
+        scales = [1.0] * len(parts)
+        for i, scale in zip(present, median_clip_scales(sizes, factor), strict=True):
+            scales[i] = float(scale)
+            if scale < 1:
+                log(
+                    WARNING,
+                    "round %d: %s of node %d scaled by %.3g to federation.statistic-factor = %g "
+                    "times the round's median",
+                    server_round,
+                    what,
+                    accepted[i].node.node_id,
+                    scale,
+                    factor,
+                )
+        return scales
 
     def _reconfigure(self, server_round: int, accepted: list[TrainReply]) -> None:
         uses_importance = self.plan.importance is not ImportanceRequest.OFF

@@ -18,7 +18,15 @@ kind                   the reply ...
 ``mask-version``       was computed under a stale or unknown mask version
 ``bad-payload``        has arrays that do not decode against the layout and mask
 ``non-finite``         carries NaN or Inf (or negative importance)
+``outlier``            moves the model by more than ``federation.outlier-factor``
+                       times the model's norm (an update no training produces)
+``replay``             carries the same arrays as that node's previous reply
 =====================  ==========================================================
+
+A ``bad-payload`` also covers values or importance written in another format than
+the run's ``wire.values`` / ``wire.importance``, and an update where whole values
+are expected (or the reverse). A reply for another round, type or message counts
+once, as rejected: its node is not also counted as one that never answered.
 
 Sample counts are bounded by what the round asked for: a node that ran E local
 steps of batches of at most B samples processed between E and E * B samples, and
@@ -30,12 +38,13 @@ default weighting, samples processed, does not depend on what a node claims.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import keys
@@ -97,6 +106,7 @@ class Exchange:
 
     def __post_init__(self) -> None:
         self.answered: set[int] = set()
+        self.misdirected: set[int] = set()  # addressed nodes whose reply was for another round or type
         self._sent_ids: dict[int, set[str]] | None = None  # filled on the first reply: ids exist once sent
 
     def _sent(self) -> dict[int, set[str]]:
@@ -127,18 +137,16 @@ class Exchange:
         if node_id not in self.nodes:
             raise RejectedReply("not-asked", f"node {node_id} was not sent a message this round")
         metadata = reply.metadata
+        wrong = None
         if metadata.group_id != str(self.server_round):
-            raise RejectedReply(
-                "wrong-round", f"reply for round {metadata.group_id!r}, expected {self.server_round}"
-            )
-        if metadata.message_type != self.message_type:
-            raise RejectedReply(
-                "wrong-round", f"reply of type {metadata.message_type!r}, expected {self.message_type!r}"
-            )
-        if metadata.reply_to_message_id not in self._ids_sent_to(node_id):
-            raise RejectedReply(
-                "wrong-round", f"reply to message {metadata.reply_to_message_id!r}, not to this round's"
-            )
+            wrong = f"reply for round {metadata.group_id!r}, expected {self.server_round}"
+        elif metadata.message_type != self.message_type:
+            wrong = f"reply of type {metadata.message_type!r}, expected {self.message_type!r}"
+        elif metadata.reply_to_message_id not in self._ids_sent_to(node_id):
+            wrong = f"reply to message {metadata.reply_to_message_id!r}, not to this round's"
+        if wrong is not None:
+            self.misdirected.add(node_id)  # it answered, wrongly: counted once, as rejected
+            raise RejectedReply("wrong-round", wrong)
         if node_id in self.answered:
             raise RejectedReply("duplicate", f"node {node_id} already replied in round {self.server_round}")
         self.answered.add(node_id)
@@ -148,8 +156,54 @@ class Exchange:
             )
 
     def missing(self) -> set[int]:
-        """Nodes that were addressed and sent no reply to this round's message."""
-        return set(self.nodes) - self.answered
+        """Nodes that were addressed and sent no reply at all (a misdirected one counts as a reply)."""
+        return set(self.nodes) - self.answered - self.misdirected
+
+
+def content_digest(record: ArrayRecord) -> bytes:
+    """SHA-256 over a record's array names, types and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(record):
+        array = record[name]
+        data = array.data if isinstance(array.data, bytes) else b""
+        for part in (name.encode(), str(array.stype).encode(), len(data).to_bytes(8, "little"), data):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+    return digest.digest()
+
+
+class ReplayGuard:
+    """The digest of each node's latest training arrays, to refuse a replay: O(nodes) memory.
+
+    A reply whose arrays equal, byte for byte, those of the same node's previous
+    reply is no new training: local SGD draws its batches from the round number and
+    starts from the new model, so an honest node does not repeat itself.
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[int, bytes] = {}
+
+    def check(self, node_id: int, record: ArrayRecord) -> None:
+        """Raise ``replay`` if ``record`` repeats ``node_id``'s previous one; remember it."""
+        digest = content_digest(record)
+        previous, self.latest[node_id] = self.latest.get(node_id), digest
+        if previous == digest:
+            raise RejectedReply(
+                "replay",
+                f"node {node_id} sent the same arrays as in its previous reply (SHA-256 {digest.hex()[:16]})",
+            )
+
+
+def bounded_update(values: np.ndarray, start: np.ndarray, model_norm: float, factor: float) -> float:
+    """||values - start||_2, or ``outlier`` if it exceeds ``factor`` times the model's norm."""
+    norm = float(np.linalg.norm(values.astype(np.float64) - start))
+    if norm > factor * model_norm:
+        raise RejectedReply(
+            "outlier",
+            f"update norm {norm:.4g} is more than federation.outlier-factor = {factor:g} times "
+            f"the model's norm {model_norm:.4g}",
+        )
+    return norm
 
 
 # -- records and metrics -----------------------------------------------------------

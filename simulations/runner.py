@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from client.app import DEVICE_ENV, THREADS_ENV
@@ -44,6 +45,7 @@ def simulate(
     resume: Checkpoint | None = None,
     progress: RunProgress | None = None,
     verbose: bool = True,
+    client: ClientApp = client_app,
 ) -> RunSummary:
     """Run ``config`` with ``simulation.num-clients`` virtual SuperNodes on Ray.
 
@@ -52,6 +54,7 @@ def simulate(
     without ``verbose``, the log of Ray's worker processes (the ClientApps') is not
     forwarded here (a ClientApp's failure still reaches the server as an error reply,
     which it logs).
+    ``client`` replaces the ClientApp (a benchmark's hostile one, :mod:`simulations.hostile`).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -66,7 +69,7 @@ def simulate(
     server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=client,
         num_supernodes=config.simulation.num_clients,
         backend_config=backend_config(config.simulation, verbose),  # type: ignore[arg-type]
     )

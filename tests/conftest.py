@@ -75,3 +75,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def warnings_logged():
+    """Messages Flower's logger emits at WARNING or above during the test."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logging.getLogger("flwr").addHandler(handler)
+    yield records
+    logging.getLogger("flwr").removeHandler(handler)

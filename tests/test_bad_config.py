@@ -66,6 +66,24 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["'output.checkpoint-every' = -2", ">= 0"],
     ),
     "max-removal-one": (["--set", "pruning.prunefl.max-removal=1"], ["max-removal' = 1.0", "[0, 1)"]),
+    # robustness (docs/robustness.md)
+    "aggregation-unknown": (
+        ["--set", "federation.aggregation=krum"],
+        ["'federation.aggregation' = 'krum'", "one of 'mean', 'clip', 'trimmed-mean', 'median'"],
+    ),
+    "trim-fraction-half": (
+        ["--set", "federation.trim-fraction=0.5"],
+        ["'federation.trim-fraction' = 0.5", "[0, 0.5)"],
+    ),
+    "clip-factor-zero": (["--set", "federation.clip-factor=0"], ["'federation.clip-factor' = 0.0", "> 0"]),
+    "outlier-factor-negative": (
+        ["--set", "federation.outlier-factor=-1"],
+        ["'federation.outlier-factor' = -1.0", "> 0"],
+    ),
+    "statistic-factor-below-one": (
+        ["--set", "federation.statistic-factor=0.5"],
+        ["'federation.statistic-factor' = 0.5", ">= 1"],
+    ),
     "eval-fraction-above-one": (
         ["--set", "evaluate.client-fraction=1.5"],
         ["client-fraction' = 1.5", "[0, 1]"],

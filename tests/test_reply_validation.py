@@ -7,7 +7,6 @@ Every case runs the whole app in process and forges one reply of node 100
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -78,21 +77,6 @@ class TamperingGrid(InProcessGrid):
         return replies
 
 
-@pytest.fixture
-def warnings_logged():
-    """Messages Flower's logger emits at WARNING or above during the test."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    logging.getLogger("flwr").addHandler(handler)
-    yield records
-    logging.getLogger("flwr").removeHandler(handler)
-
-
 def config(folder: Path, extra: list[str] = ()):
     return load_config(
         None, [f"output.dir={folder}", "output.name=run", "simulation.num-clients=3", *BASE, *extra]
@@ -159,6 +143,19 @@ def numbers(name: str, change: Callable[[np.ndarray], np.ndarray | None]) -> Tam
     return tamper
 
 
+def recode(name: str, fmt: str, relative: bool) -> Tamper:
+    """Write value section ``name`` again in ``fmt``, flagged as an update or not."""
+
+    def tamper(reply: Message, _sent: Message) -> list[Message]:
+        record = reply.content.array_records["arrays"]
+        section = record[name].data
+        numbers, _ = decode_values(section, read_header(section, name)[1], name)
+        record[name] = raw_array(name, encode_values(numbers, fmt, 1, relative))  # type: ignore[arg-type]
+        return [reply]
+
+    return tamper
+
+
 def replace(name: str, array: Array) -> Tamper:
     """Put ``array`` in the place of array ``name``."""
 
@@ -214,9 +211,10 @@ TRAIN_CASES: dict[str, tuple[Tamper, str | None, int, int]] = {
     # name: (forgery, kind logged (None: an error reply), rejected, failures)
     "not-asked": (metadata("_src_node_id", 999), "not-asked", 1, 1),
     "duplicate": (duplicate, "duplicate", 1, 0),
-    "wrong-round": (metadata("_group_id", "7"), "wrong-round", 1, 1),
-    "wrong-message": (metadata("_reply_to_message_id", "forged"), "wrong-round", 1, 1),
-    "wrong-type": (metadata("_message_type", "evaluate"), "wrong-round", 1, 1),
+    # a misdirected reply is one rejected reply, not also a node that never answered
+    "wrong-round": (metadata("_group_id", "7"), "wrong-round", 1, 0),
+    "wrong-message": (metadata("_reply_to_message_id", "forged"), "wrong-round", 1, 0),
+    "wrong-type": (metadata("_message_type", "evaluate"), "wrong-round", 1, 0),
     "oversized": (padded, "oversized", 1, 0),
     "no-arrays": (drop_record("array_records", "arrays"), "missing", 1, 0),
     "no-metrics": (drop_record("metric_records", "metrics"), "missing", 1, 0),
@@ -242,6 +240,21 @@ TRAIN_CASES: dict[str, tuple[Tamper, str | None, int, int]] = {
         0,
     ),
     "values-undecodable": (replace("values", raw_array("values", b"junk")), "bad-payload", 1, 0),
+    "values-huge": (numbers("values", lambda v: np.full_like(v, 1e30)), "outlier: update norm", 1, 0),
+    "values-scaled": (numbers("values", lambda v: v * 1e4), "outlier", 1, 0),
+    "values-bfloat16": (
+        recode("values", "bfloat16", relative=False),
+        "bad-payload: array 'values' is written in bfloat16; this run's format is float32",
+        1,
+        0,
+    ),
+    "values-as-update": (
+        recode("values", "float32", relative=True),
+        "bad-payload: array 'values' holds an update; this run's replies send whole values",
+        1,
+        0,
+    ),
+    "importance-bfloat16": (recode("importance", "bfloat16", relative=False), "bad-payload", 1, 0),
     "importance-negative": (numbers("importance", lambda v: -np.ones_like(v)), "non-finite", 1, 0),
     "importance-nan": (numbers("importance", lambda v: np.full_like(v, np.nan)), "non-finite", 1, 0),
     "importance-short": (numbers("importance", lambda v: v[:3]), "bad-payload", 1, 0),
@@ -271,6 +284,8 @@ def test_a_bad_training_reply_is_dropped_and_the_round_aggregates_the_rest(
         )
     else:
         assert any("train on node 100 failed: RuntimeError: out of memory" in w for w in warnings_logged)
+    if failures == 0:
+        assert not any("within federation.round-timeout" in w for w in warnings_logged), warnings_logged
     model = final_model(tmp_path)
     expected = with_every_node if case == "duplicate" else without_node_100  # a duplicate's first copy counts
     assert all(np.array_equal(model[k], expected[k]) for k in model)
@@ -412,3 +427,79 @@ def test_a_duplicated_initial_pruning_reply_is_used_once(tmp_path):
     grid = TamperingGrid(client_app, 3, tamper=duplicate, message_type="train.initial_pruning", at=0)
     summary = run_federation(grid, config(tmp_path, ["pruning.prunefl.initial-pruning=client"]))
     assert summary.initial_pruning["where"] == "client" and summary.initial_pruning["density"] < 1.0
+
+
+class ReplayingGrid(InProcessGrid):
+    """Node 100 answers round 2 with its round-1 training arrays under round 2's metadata."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.first: ArrayRecord | None = None
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            meta = reply.metadata
+            if meta.src_node_id == NODE and meta.message_type == "train" and reply.has_content():
+                if meta.group_id == "1":
+                    self.first = through_wire(reply).content.array_records["arrays"]
+                elif meta.group_id == "2":
+                    reply.content["arrays"] = self.first
+        return [through_wire(r) for r in replies]
+
+
+def test_a_replayed_reply_is_rejected_as_replay(tmp_path, warnings_logged):
+    extra = ["federation.rounds=2", "pruning.prunefl.reconfig-interval=10"]  # no mask change in round 2
+    run_federation(ReplayingGrid(client_app, 3), config(tmp_path, extra))
+    rows = read_rounds(tmp_path / "run")
+    assert [(int(r["rejected"]), int(r["failures"])) for r in rows[1:]] == [(0, 0), (1, 0)]
+    assert any(
+        "train reply of node 100 rejected: replay: node 100 sent the same arrays" in w
+        for w in warnings_logged
+    )
+
+
+def test_a_poisoned_aggregate_skips_the_round_and_keeps_the_model(tmp_path, monkeypatch, warnings_logged):
+    """A backstop: whatever slips past the checks, a non-finite aggregate never reaches the model."""
+    import server.strategy as strategy
+
+    real = strategy.aggregate_masked
+
+    def poisoned(floats, mask, values, weights, **rule):
+        out = real(floats, mask, values, weights, **rule)
+        if len(values) == 3 and poisoned.calls == 0:  # round 1 only
+            poisoned.calls += 1
+            out[mask] = np.float32(np.nan)
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(strategy, "aggregate_masked", poisoned)
+    grid = InProcessGrid(client_app, 3)
+    run_federation(grid, config(tmp_path, ["federation.rounds=2", "pruning.prunefl.reconfig-interval=10"]))
+    rows = read_rounds(tmp_path / "run")
+    assert any("the round is skipped and the model stays as it was" in w for w in warnings_logged)
+    assert rows[1]["train_loss"] == "" and rows[2]["train_loss"] != ""
+
+    def sent_values(server_round: int) -> bytes:
+        (message, *_) = [
+            m
+            for m in grid.sent
+            if m.metadata.group_id == str(server_round) and m.metadata.message_type == "train"
+        ]
+        return message.content["arrays"]["values"].data
+
+    assert sent_values(1) == sent_values(2)
+    assert all(np.isfinite(v).all() for v in final_model(tmp_path).values())
+
+
+def test_inflated_importance_is_accepted_but_scaled_to_its_bound(tmp_path, warnings_logged):
+    """PruneFL importance x 1e30: well-formed, so kept, but it weighs as statistic-factor honest clients."""
+    grid = TamperingGrid(
+        client_app, 3, tamper=numbers("importance", lambda v: v * 1e30), message_type="train"
+    )
+    run_federation(grid, config(tmp_path))
+    row = read_rounds(tmp_path / "run")[1]
+    assert (int(row["rejected"]), int(row["failures"])) == (0, 0)
+    scaled = [w for w in warnings_logged if "uploaded importance of node 100 scaled by" in w]
+    assert len(scaled) == 1 and "federation.statistic-factor = 10" in scaled[0]
+    assert not any("importance of node 101" in w or "importance of node 102" in w for w in warnings_logged)

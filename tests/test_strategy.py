@@ -269,14 +269,14 @@ def test_importance_rebuilt_from_lossy_updates_starts_from_the_values_sent(tmp_p
     error divided by lr would show up as importance.
     """
     rebuilt = []
-    original = ImportanceAccumulator.add_from_update
+    original = ImportanceAccumulator.add_rebuilt
 
-    def spy(self, mask, start_values, client_values, samples, lr):
+    def spy(self, mask, contribution):
         before = self.values.copy()
-        original(self, mask, start_values, client_values, samples, lr)
+        original(self, mask, contribution)
         rebuilt.append(np.abs(self.values - before).max())
 
-    monkeypatch.setattr(ImportanceAccumulator, "add_from_update", spy)
+    monkeypatch.setattr(ImportanceAccumulator, "add_rebuilt", spy)
     run(
         tmp_path,
         [

@@ -100,6 +100,7 @@ class MethodEnv:
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
     batch_size: int = 1
+    statistic_factor: float = 10.0  # federation.statistic-factor: bound on one client's statistic
 
 
 @dataclass(frozen=True)

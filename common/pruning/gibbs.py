@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import median_clip_scales
 from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..training import TrainingHooks
@@ -232,10 +233,22 @@ class GibbsPruning(PruningMethod):
         if not masks:
             return None
         if self.settings.merge == "union":
-            return np.logical_or.reduce(masks)
+            return np.logical_or.reduce(self._bounded(masks))
         weights = np.array([r.weight for r in reports if r.mask is not None])
         votes = sum(w * m.astype(np.float64) for w, m in zip(weights, masks, strict=True))
         return votes >= 0.5 * weights.sum()
+
+    def _bounded(self, masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The masks a union may take: those keeping at most statistic-factor x the median count.
+
+        A union lets one client keep every position; with this bound no client adds
+        more than ``factor`` times the median client's kept count (:mod:`common.bounds`).
+        A mask above it is left out of the union (its values were still averaged).
+        """
+        counts = [int(np.count_nonzero(m)) for m in masks]
+        scales = median_clip_scales(counts, self.env.statistic_factor)
+        kept = [m for m, s in zip(masks, scales, strict=True) if s >= 1]
+        return kept or masks
 
     def reconfigure(
         self,

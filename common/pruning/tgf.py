@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import median_clip_scales
 from ..cost_model import CostModel
 from ..flops import positions_for
 from ..layout import ModelLayout
@@ -265,9 +266,24 @@ class TrainableGates(PruningMethod):
     ) -> np.ndarray | None:
         reported = [(r.weight, np.asarray(r.extras["gates"])) for r in reports if "gates" in r.extras]
         if reported:
+            reported = self._bounded(reported)
             total = sum(w for w, _ in reported)
             self._gates = sum(w * g for w, g in reported).astype(np.float32) / np.float32(total)
         return None
+
+    def _bounded(self, reported: list[tuple[float, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
+        """Each client's gate change g_c - g, its norm clipped to statistic-factor x the round's median.
+
+        A client moves the averaged gates by at most n_c / sum n times that bound
+        (:mod:`common.bounds`); an honest client within it is left exactly as it was.
+        """
+        current = self.gates.astype(np.float64)
+        changes = [np.asarray(g, dtype=np.float64) - current for _, g in reported]
+        scales = median_clip_scales([float(np.linalg.norm(c)) for c in changes], self.env.statistic_factor)
+        return [
+            (w, g if s >= 1 else current + s * c)
+            for (w, g), c, s in zip(reported, changes, scales, strict=True)
+        ]
 
     def closed_channels_mask(self) -> np.ndarray:
         """The channel mask of the current gates, projected to the budget."""

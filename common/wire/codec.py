@@ -160,25 +160,44 @@ def decode_mask(
     return masks.decode_mask(_section(record, MASK), layout, base_lookup or (lambda _version: None))
 
 
+def require_format(section: bytes, what: str, expected: ValueFormat | None) -> None:
+    """Raise unless the value section ``section`` is written in ``expected`` (None: any format)."""
+    if expected is None:
+        return
+    fmt = read_header(section, what)[0]
+    if fmt != expected:
+        raise WireError(f"{what} is written in {fmt}; this run's format is {expected}")
+
+
 def decode_payload(
     record: ArrayRecord,
     layout: ModelLayout,
     mask: np.ndarray,
     importance_length: int | None = None,
     reference: np.ndarray | None = None,
+    expected: WireFormat | None = None,
 ) -> ModelPayload:
     """Decode values (and importance) against ``mask``, the mask in force.
 
     The caller resolves ``mask`` first (from :func:`decode_mask` or its cache).
     Values sent relative to a reference (a lossy update) are added to
     ``reference``, the values the sender started from; without one they are refused.
+    With ``expected``, values and importance written in another format than the
+    run's are refused, and so are whole values where an update is expected (a
+    ``reference`` is given) or an update where whole values are.
     """
     unknown = set(record) - set(ARRAY_NAMES)
     if unknown:
         raise WireError(f"unexpected arrays {sorted(unknown)}; allowed: {list(ARRAY_NAMES)}")
     kept = int(np.count_nonzero(mask))
-    values, values_relative = decode_values(_section(record, VALUES), kept, "array 'values'")
+    section = _section(record, VALUES)
+    require_format(section, "array 'values'", None if expected is None else expected.values)
+    values, values_relative = decode_values(section, kept, "array 'values'")
+    if expected is not None and reference is not None and not values_relative:
+        raise WireError("array 'values' holds whole values; this run's replies send their update")
     if values_relative:
+        if expected is not None and reference is None:
+            raise WireError("array 'values' holds an update; this run's replies send whole values")
         if reference is None or len(reference) != kept:
             raise WireError("array 'values' holds an update, but no reference to add it to is expected here")
         values = reference + values
@@ -192,9 +211,9 @@ def decode_payload(
         raise WireError("array 'counters' was sent for a model without integer buffers")
     importance = None
     if importance_length is not None:
-        importance, importance_relative = decode_values(
-            _section(record, IMPORTANCE), importance_length, "array 'importance'"
-        )
+        section = _section(record, IMPORTANCE)
+        require_format(section, "array 'importance'", None if expected is None else expected.importance)
+        importance, importance_relative = decode_values(section, importance_length, "array 'importance'")
         if importance_relative:
             raise WireError("array 'importance' cannot be relative")
     elif IMPORTANCE in record:
