@@ -97,6 +97,30 @@ def overrides(
     ]
 
 
+def train_client(model, layout, spec, data_dir: Path | None, num_partitions: int, partition: int):  # noqa: ANN001, ANN201
+    """One client's local round as fedprune's ClientApp runs it, dense: (result, start, end) in Unix time.
+
+    The batches are the ClientApp's: seeded by (seed, round, partition).
+    """
+    from common.data import DATASETS
+    from common.task import client_data
+    from common.training import SgdSettings, make_loss, train_locally
+
+    data = client_data(spec, data_dir, num_partitions, partition)
+    seed = int(np.random.SeedSequence([spec.seed, spec.server_round, partition]).generate_state(1)[0])
+    started = time.time()
+    result = train_locally(
+        model,
+        layout,
+        layout.full_mask(),
+        data.train.batches(spec.batch_size, seed),
+        spec.local_steps,
+        SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
+        make_loss(spec.loss, DATASETS[spec.dataset].num_classes),
+    )
+    return result, started, time.time()
+
+
 # -- the plain Flower app ---------------------------------------------------------------
 def run_flower(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
     """FedAvg over ``config``'s clients with Flower's own strategy; one dict per round into ``timings``."""
@@ -110,8 +134,7 @@ def run_flower(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig
     from common.data import load_dataset
     from common.layout import ModelLayout
     from common.models import build_model
-    from common.task import client_data
-    from common.training import SgdSettings, evaluate, make_loss, train_locally
+    from common.training import evaluate
     from server.app import task_for_run
     from server.evaluation import CentralEvaluator
     from server.phases import union_length
@@ -133,22 +156,11 @@ def run_flower(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig
         partition = int(context.node_config["partition-id"])
         server_round = int(message.content["config"]["server-round"])
         spec = dataclasses.replace(task, server_round=server_round)
-        data = client_data(spec, data_dir, int(context.node_config["num-partitions"]), partition)
         local = build_model(config.model.name, dataset.num_classes, dataset.input_shape)
         local.load_state_dict(message.content["arrays"].to_torch_state_dict())
-        # the batches of fedprune's ClientApp: seeded by (seed, round, partition)
-        seed = int(np.random.SeedSequence([spec.seed, server_round, partition]).generate_state(1)[0])
-        started = time.time()
-        result = train_locally(
-            local,
-            layout,
-            layout.full_mask(),
-            data.train.batches(spec.batch_size, seed),
-            spec.local_steps,
-            SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
-            make_loss(spec.loss, dataset.num_classes),
-        )
-        metrics = {"num-examples": result.samples, "train-start": started, "train-end": time.time()}
+        num_partitions = int(context.node_config["num-partitions"])
+        result, started, ended = train_client(local, layout, spec, data_dir, num_partitions, partition)
+        metrics = {"num-examples": result.samples, "train-start": started, "train-end": ended}
         content = RecordDict({"arrays": ArrayRecord(local.state_dict()), "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=message)
 
@@ -259,26 +271,15 @@ def _floor_init(flat: dict) -> None:
 
 
 def _floor_train(partition: int, server_round: int, floats: np.ndarray, ints: np.ndarray) -> tuple:
-    from common.task import client_data
-    from common.training import SgdSettings, load_flat, make_loss, train_locally
+    from common.training import load_flat
 
-    config, dataset, model, layout = (_WORKER[k] for k in ("config", "dataset", "model", "layout"))
+    config, model, layout = (_WORKER[k] for k in ("config", "model", "layout"))
     spec = dataclasses.replace(_WORKER["task"], server_round=server_round)
-    data = client_data(spec, config.data.resolved_dir(), config.simulation.num_clients, partition)
     load_flat(model, layout, floats, ints)
-    seed = int(np.random.SeedSequence([spec.seed, server_round, partition]).generate_state(1)[0])
-    started = time.time()
-    result = train_locally(
-        model,
-        layout,
-        layout.full_mask(),
-        data.train.batches(spec.batch_size, seed),
-        spec.local_steps,
-        SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
-        make_loss(spec.loss, dataset.num_classes),
-    )
+    data_dir, clients = config.data.resolved_dir(), config.simulation.num_clients
+    result, started, ended = train_client(model, layout, spec, data_dir, clients, partition)
     trained, new_ints = layout.flatten(model.state_dict())
-    return trained, new_ints, result.samples, started, time.time()
+    return trained, new_ints, result.samples, started, ended
 
 
 def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
