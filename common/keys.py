@@ -28,7 +28,6 @@ TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 MASK_VERSION = "mask-version"
-IMPORTANCE_ROUNDS = "importance-rounds"
 CLIENT_SECONDS = "client-seconds"
 # A training reply's phase timings (server/phases.py): seconds, and Unix times of the node's clock
 PHASE_PREPARE_S = "phase.prepare-s"  # parsing the task, this node's data, building the model

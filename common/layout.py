@@ -160,9 +160,6 @@ class ModelLayout:
         """|M_l| for every prunable tensor, in layout order."""
         return np.array([np.count_nonzero(mask[t.slice]) for t in self.prunable], dtype=np.int64)
 
-    def layer_densities(self, mask: np.ndarray) -> dict[str, float]:
-        return {t.name: float(mask[t.slice].mean()) for t in self.prunable}
-
     # -- state <-> flat -----------------------------------------------------------
     def flatten(self, state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(floats, ints)`` of a ``state_dict``."""

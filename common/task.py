@@ -17,8 +17,6 @@ from .data import ClientSplit, client_split
 from .settings import ConfigError, Section
 from .wire import WireFormat
 
-IMPORTANCE_REQUESTS = ("off", "accumulate", "upload")
-
 
 @dataclass(frozen=True)
 class TaskSpec(Section):

@@ -60,11 +60,6 @@ class SgdSettings:
     momentum: float = 0.0
     weight_decay: float = 0.0
 
-    @property
-    def is_plain(self) -> bool:
-        """True when one step moves weights by exactly ``-lr * grad``."""
-        return self.momentum == 0.0 and self.weight_decay == 0.0
-
 
 @dataclass
 class LocalResult:
@@ -341,8 +336,3 @@ def masked_accuracy(
 def load_flat(model: nn.Module, layout: ModelLayout, floats: np.ndarray, ints: np.ndarray) -> None:
     """Copy flat vectors into ``model``'s state."""
     model.load_state_dict(layout.unflatten(floats, ints))
-
-
-def read_flat(model: nn.Module, layout: ModelLayout) -> tuple[np.ndarray, np.ndarray]:
-    """The flat vectors of ``model``'s state."""
-    return layout.flatten(model.state_dict())

@@ -14,7 +14,6 @@ import numpy as np
 
 from common.wire import MessageBytes
 
-PHASES = ("setup", "initial-pruning", "train", "evaluate")
 COLUMNS = (
     "round",
     "phase",

@@ -61,12 +61,12 @@ from server.phases import SERVER_PHASES
 from server.progress import RunProgress
 from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, read_rounds
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
+from simulations.presets import BENCH_PACKAGE, bundled_preset, preset_path
 from simulations.report import COUNTINGS, PaperFigures, TableRow, table_rows
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-BENCH_PACKAGE = "simulations.benchmarks"
 RUNS_DIR = "runs"
 BASELINE = "none"
 
@@ -118,12 +118,12 @@ def load_bench_preset(name: str) -> BenchPreset:
     """A bundled bench preset by name, or a bench preset file by path."""
     path = Path(name)
     if not path.is_file():
-        bundled = resources.files(BENCH_PACKAGE).joinpath(f"{name.removesuffix('.toml')}.toml")
-        if not bundled.is_file():
+        bundled = bundled_preset(name, BENCH_PACKAGE)
+        if bundled is None:
             raise ConfigError(
                 "preset", name, f"a bench preset file or one of {bench_presets()}", what="argument"
             )
-        path = Path(str(bundled))
+        path = bundled
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -252,8 +252,6 @@ def with_baseline(methods: Iterable[str]) -> list[str]:
 
 def shared_setting(preset: BenchPreset, overrides: Iterable[tuple[str, object]] = ()) -> dict[str, object]:
     """The flat keys every method shares: the simulate preset, the bench's [set], then ``overrides``."""
-    from simulations.cli import preset_path
-
     flat: dict[str, object] = {}
     if preset.simulate:
         path = preset_path(Path(preset.simulate))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +11,7 @@ from rich.markup import escape
 
 from common.config import AppConfig, load_config, parse_override, read_preset
 from common.settings import ConfigError
+from simulations.presets import preset_path
 
 if TYPE_CHECKING:
     from server.app import RunSummary
@@ -78,14 +78,6 @@ def _fail(exc: Exception, code: int) -> typer.Exit:
     """Print one error line (no traceback) and the exit that ends the command: 2 for input, 1 for a run."""
     console.print(f"[bold red]error:[/] {escape(str(exc))}")
     return typer.Exit(code=code)
-
-
-def preset_path(config: Path | None) -> Path | None:
-    """``config`` as given, or the bundled preset when ``config`` is a bare name such as ``gibbs``."""
-    if config is None or config.exists() or len(config.parts) > 1:
-        return config
-    bundled = resources.files("simulations").joinpath(f"{config.name.removesuffix('.toml')}.toml")
-    return Path(str(bundled)) if bundled.is_file() else config
 
 
 def resolve(config: Path | None, overrides: list[str] | None) -> AppConfig:

@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import METHODS
 from server.app import RunSummary
+from simulations.presets import bundled_preset
 
 NEEDS_SOURCE = ("rethinking",)  # methods that start from another run's results
 COMPARISON_FILE = "comparison.csv"
@@ -56,11 +56,11 @@ def default_methods() -> list[str]:
 
 def preset_method_keys(method: str) -> dict[str, object]:
     """The ``pruning.<method>.*`` keys of the bundled preset of ``method`` (none if it has none)."""
-    preset = resources.files("simulations").joinpath(f"{method}.toml")
-    if not preset.is_file():
+    preset = bundled_preset(method)
+    if preset is None:
         return {}
     prefix = f"pruning.{method}."
-    return {k: v for k, v in read_preset(Path(str(preset))).items() if k.startswith(prefix)}
+    return {k: v for k, v in read_preset(preset).items() if k.startswith(prefix)}
 
 
 def method_configs(

@@ -20,7 +20,7 @@ Every hook has a default that leaves the dense FedAvg behaviour unchanged, so a
 method overrides only what it changes. Randomness is a pure function of the run's
 seed and the round (:meth:`PruningMethod.rng`), so a method holds no RNG state and a
 run is reproducible from its configuration; state a method does keep between rounds
-(TGF's gate values) is exposed by :meth:`PruningMethod.state` for checkpoints.
+(TGF's gate values) is exposed by :meth:`PruningMethod.state_dict` for checkpoints.
 
 Masks are flat bool vectors over a :class:`~common.layout.ModelLayout`'s float
 state, True at every non-prunable position. Each method's settings are a
@@ -245,7 +245,7 @@ class PruningMethod(ABC):
     def state_dict(self) -> dict[str, np.ndarray | Scalar]:
         """The method's own server-side state for a checkpoint (arrays and scalars).
 
-        None by default: a method whose decisions are functions of the round, the
+        Empty by default: a method whose decisions are functions of the round, the
         model, the mask and the importance (PruneFL) keeps nothing of its own.
         """
         return {}
@@ -259,11 +259,6 @@ class PruningMethod(ABC):
     def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
         """Client-side hooks for one round of local training; ``seed`` is this client's, this round's."""
         return TrainingHooks()
-
-
-def settings_for(method: type[PruningMethod], flat: Mapping[str, object]) -> MethodSettings:
-    """Parse ``method``'s settings from flat keys (its defaults where absent)."""
-    return method.Settings.from_flat(flat)
 
 
 def settings_dict(settings: MethodSettings) -> dict[str, Scalar]:

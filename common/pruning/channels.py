@@ -88,12 +88,6 @@ class ChannelStructure:
     layers: tuple[LayerChannels, ...]  # one per prunable tensor, in layout order
     outputs: frozenset[str] = frozenset()  # weights of the layers that produce the model's output
 
-    def group_of_root(self, root: str) -> int | None:
-        for i, group in enumerate(self.groups):
-            if group.root == root:
-                return i
-        return None
-
     def channel_mask(self, keep: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
         """``mask`` with the channels not kept (one bool vector per group) zeroed."""
         new = mask

@@ -47,14 +47,6 @@ def _widths(m: int) -> tuple[int, int]:
     return b, (1 << b) - m
 
 
-def coded_bits(gaps: np.ndarray, m: int) -> int:
-    """Exact length in bits of the Golomb code of ``gaps`` (before byte padding)."""
-    b, cut = _widths(m)
-    q = gaps // m
-    long = int(np.count_nonzero(gaps - q * m >= cut)) if b else 0
-    return int(q.sum()) + len(gaps) + len(gaps) * max(b - 1, 0) + long
-
-
 def _index_type(limit: int) -> type[np.signedinteger]:
     """int32 when every value stays below ``limit`` < 2^31 (half the memory traffic), else int64."""
     return np.int32 if limit < (1 << 31) else np.int64
