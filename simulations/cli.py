@@ -483,7 +483,7 @@ def profile(
     from common.cost_model import ProfileError, load_profile
     from common.data import DATASETS
     from common.device import describe_device, resolve_device
-    from common.profiling import (
+    from simulations.profiling import (
         DeviceInfo,
         ModelProfile,
         ProfileSettings,

@@ -11,7 +11,7 @@ import torch
 from common.cost_model import CostModel, load_profile
 from common.layout import ModelLayout
 from common.models import build_model
-from common.profiling import (
+from simulations.profiling import (
     DeviceInfo,
     ModelProfile,
     ProfileFit,

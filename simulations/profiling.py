@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layout import ModelLayout
-from .models import build_model
-from .training import SgdSettings, make_loss, train_locally
+from common.layout import ModelLayout
+from common.models import build_model
+from common.training import SgdSettings, make_loss, train_locally
 
 DEFAULT_DENSITIES = (1.0, 0.5, 0.2, 0.05)
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
