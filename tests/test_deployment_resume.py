@@ -32,7 +32,7 @@ from .test_deployment import (
     wait_until_online,
 )
 
-pytestmark = pytest.mark.deployment
+pytestmark = [pytest.mark.deployment, pytest.mark.long]
 
 KILL_AFTER_CHECKPOINT = 2
 SETTINGS = small_run(**{"output.checkpoint-every": KILL_AFTER_CHECKPOINT})
