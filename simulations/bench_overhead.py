@@ -287,7 +287,7 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
     from common.data import load_dataset
     from common.layout import ModelLayout
     from common.models import build_model
-    from common.training import load_flat
+    from common.training import evaluate, load_flat
     from server.evaluation import CentralEvaluator
     from server.phases import union_length
 
@@ -315,8 +315,6 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
             ints = results[-1][1]
             evaluated = time.monotonic()
             load_flat(evaluator.model, layout, floats, ints)
-            from common.training import evaluate
-
             evaluate(evaluator.model, evaluator.view, evaluator.loss_fn)
             ended = time.monotonic()
             timings.append(

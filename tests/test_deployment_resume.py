@@ -14,7 +14,6 @@ model and mask, bit for bit.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from .test_deployment import (
     NODES,
     RUN_TIMEOUT_S,
     Federation,
-    bring_up,
+    federation,  # noqa: F401 - the same module-scoped fixture as there
     read_rounds,
     small_run,
     wait_until_online,
@@ -38,16 +37,6 @@ KILL_AFTER_CHECKPOINT = 2
 SETTINGS = small_run(**{"output.checkpoint-every": KILL_AFTER_CHECKPOINT})
 SERVER_SIDE = ("superlink", "serverapp")
 DEVICES = tuple(f"{kind}-{i}" for i in range(NODES) for kind in ("supernode", "clientapp"))
-
-
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = Federation(tmp_path_factory.mktemp("federation"))
-    try:
-        bring_up(fed)
-        yield fed
-    finally:
-        fed.stop_all()
 
 
 def arrays(path: Path) -> dict[str, np.ndarray]:
@@ -62,7 +51,7 @@ def restart_what_died(fed: Federation, names: tuple[str, ...]) -> None:
             fed.start(name)
 
 
-def test_a_run_killed_with_its_superlink_resumes_to_the_same_final_model(federation):
+def test_a_run_killed_with_its_superlink_resumes_to_the_same_final_model(federation):  # noqa: F811
     wait_until_online(federation, NODES)
     reference, reference_folder = federation.start_run("reference", **SETTINGS)
     federation.finish_run(reference, "reference")
