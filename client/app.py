@@ -6,7 +6,7 @@ message type                   what the node does
 ``query.describe``             reports its partition id, data sizes and
                                samples per class
 ``train``                      trains E steps under the mask, replies with the
-                               kept values (and importance when asked)
+                               kept values (and the method's statistics)
 ``train.initial_pruning``      runs the method's initial pruning on its data,
                                replies with the kept values and the new mask
 ``evaluate``                   evaluates the model on its held-out split
@@ -43,7 +43,7 @@ from common.models import MODELS, build_model
 from common.pruning import METHODS, MethodEnv, PruningMethod
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
-from common.training import GradientStatistic, SgdSettings, evaluate, load_flat, make_loss
+from common.training import SgdSettings, evaluate, load_flat, make_loss
 from common.wire import WireError
 from common.wire.codec import ModelPayload, decode_payload, encode_payload
 
@@ -195,6 +195,20 @@ def describe(message: Message, context: Context) -> RecordDict:
     )
 
 
+def method_config(config: ConfigRecord) -> dict:
+    """What the method's client hooks read: its ``method.<key>`` entries, unprefixed, and its task entries.
+
+    Task entries (:meth:`~common.pruning.PruningMethod.task_entries`) travel under
+    the method's own names among the task's; a ``method.<key>`` entry wins.
+    """
+    prefixed = {
+        k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
+    }
+    task = set(TaskSpec.keys())
+    own = {k: v for k, v in config.items() if k not in task and not k.startswith(keys.METHOD_PREFIX)}
+    return {**own, **prefixed}
+
+
 def _config_int(config: ConfigRecord, key: str) -> int:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -218,6 +232,7 @@ def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -
         num_classes=job.source.num_classes,
         input_shape=job.source.input_shape,
         batch_size=job.spec.batch_size,
+        plain_sgd=job.spec.momentum == 0 and job.spec.weight_decay == 0,
     )
     return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
@@ -232,12 +247,9 @@ def train(message: Message, context: Context) -> RecordDict:
     mask, start_values = load_model(job, _arrays(message))
     decoded, train_start = time.monotonic(), time.time()
     config = message.content.config_records[keys.CONFIG]
-    client_config = {
-        k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
-    }
+    client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
     hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
-    statistic = GradientStatistic.NONE if spec.importance == "off" else GradientStatistic.SUM
     result = hooks.train(
         job.model,
         layout,
@@ -246,20 +258,10 @@ def train(message: Message, context: Context) -> RecordDict:
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
         make_loss(spec.loss, job.source.num_classes),
-        statistic,
+        hooks.statistic,
     )
     own_mask = hooks.client_mask(job.model, layout, mask)
-    upload = None
-    if result.statistic is not None:
-        positions = (
-            layout.pruned_positions(mask) if spec.importance_scope == "pruned" else layout.parameter_positions
-        )
-        gradient_sum = result.statistic[positions].astype(np.float64)
-        importance = (result.samples * gradient_sum * gradient_sum).astype(np.float32)
-        if spec.importance == "accumulate":
-            job.state.add_importance(importance, spec.mask_version)
-        else:
-            upload = job.state.take_importance(importance, spec.mask_version)
+    upload = hooks.upload(result, layout, mask, spec.mask_version, job.state.method_store())
     trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
@@ -268,11 +270,9 @@ def train(message: Message, context: Context) -> RecordDict:
     lossy = spec.wire.lossy_values and own_mask is None
     if own_mask is None:
         kept = floats[mask]
-        payload = ModelPayload(
-            kept - start_values if lossy else kept, ints, importance=upload, relative=lossy
-        )
+        payload = ModelPayload(kept - start_values if lossy else kept, ints, statistic=upload, relative=lossy)
     else:
-        payload = ModelPayload(floats[own_mask], ints, mask=own_mask, importance=upload)
+        payload = ModelPayload(floats[own_mask], ints, mask=own_mask, statistic=upload)
     arrays = encode_payload(payload, layout, spec.wire)
     finished = time.monotonic()
     metrics = MetricRecord(
@@ -321,8 +321,7 @@ def initial_pruning(message: Message, context: Context) -> RecordDict:
     )
     result = method.initial_mask(floats, mask, data)
     new_floats = result.floats if result.floats is not None else floats
-    changed = not np.array_equal(result.mask, mask)
-    job.state.store_mask(result.mask, job.spec.mask_version + int(changed))
+    job.state.store_mask(result.mask, _config_int(config, keys.IP_MASK_VERSION))
     info = ConfigRecord({"iterations": result.iterations})
     for key, value in result.log.items():
         info[key] = value

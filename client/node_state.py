@@ -2,9 +2,10 @@
 
 * the mask it last received, with its version (one bit per float, packed), so
   that the server sends the mask only when the node's copy is stale, and then
-  only its XOR delta against this copy where that is smaller;
-* under full participation, PruneFL's importance accumulator at pruned positions,
-  uploaded and cleared in reconfiguration rounds.
+  only its XOR delta against this copy where that is smaller; this is the one
+  place a node's mask version lives;
+* the arrays its pruning method keeps between rounds (:class:`MethodStore`, e.g.
+  PruneFL's importance sum under full participation), opaque to the node.
 
 A node that has never received a mask holds version 0, the dense mask.
 """
@@ -12,13 +13,13 @@ A node that has never received a mask holds version 0, the dense mask.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from common.layout import ModelLayout
 from common.wire.codec import decode_mask, mask_base_version
 
 MASK_RECORD = "fedprune.mask"
-IMPORTANCE_RECORD = "fedprune.importance"
+METHOD_RECORD = "fedprune.method"
 VERSIONS_RECORD = "fedprune.versions"
 
 
@@ -31,7 +32,7 @@ class NodeState:
         self.state = context.state
         self.layout = layout
         if VERSIONS_RECORD not in self.state:
-            self.state[VERSIONS_RECORD] = ConfigRecord({"mask": 0, "importance": -1})
+            self.state[VERSIONS_RECORD] = ConfigRecord({"mask": 0})
         self.versions = self.state[VERSIONS_RECORD]
 
     @property
@@ -74,20 +75,30 @@ class NodeState:
         self.store_mask(mask, version)
         return mask
 
-    def add_importance(self, values: np.ndarray, mask_version: int) -> np.ndarray:
-        """Add to the accumulator and return the total; a stale accumulator is dropped."""
-        total = values.astype(np.float32)
-        if IMPORTANCE_RECORD in self.state and int(self.versions["importance"]) == mask_version:  # type: ignore[call-overload]
-            previous = self.state[IMPORTANCE_RECORD]["sum"].numpy()
-            if previous.shape == total.shape:
-                total = total + previous
-        self.state[IMPORTANCE_RECORD] = ArrayRecord({"sum": Array(total)})
-        self.versions["importance"] = mask_version
-        return total
+    def method_store(self) -> MethodStore:
+        """The arrays the pruning method keeps on this node between rounds."""
+        return MethodStore(self.state)
 
-    def take_importance(self, values: np.ndarray, mask_version: int) -> np.ndarray:
-        """Add ``values`` and return the total, clearing the accumulator."""
-        total = self.add_importance(values, mask_version)
-        del self.state[IMPORTANCE_RECORD]
-        self.versions["importance"] = -1
-        return total
+
+class MethodStore:
+    """A :class:`~common.training.NodeStore` in one record of ``Context.state``."""
+
+    def __init__(self, state: RecordDict) -> None:
+        self.state = state
+
+    def _record(self) -> ArrayRecord:
+        if METHOD_RECORD not in self.state.array_records:
+            self.state[METHOD_RECORD] = ArrayRecord()
+        return self.state.array_records[METHOD_RECORD]
+
+    def load(self, key: str) -> np.ndarray | None:
+        record = self.state.array_records.get(METHOD_RECORD)
+        return record[key].numpy() if record is not None and key in record else None
+
+    def save(self, key: str, array: np.ndarray) -> None:
+        self._record()[key] = Array(np.ascontiguousarray(array))
+
+    def delete(self, key: str) -> None:
+        record = self.state.array_records.get(METHOD_RECORD)
+        if record is not None and key in record:
+            del record[key]

@@ -13,6 +13,7 @@ DESCRIBE = "query.describe"
 
 # Prefix of a method's own entries: in a task's config (RoundPlan.client_config)
 # and in a training reply's metrics (TrainingHooks.report)
+IP_MASK_VERSION = "ip-mask-version"  # the version a node stores its initial-pruning mask under
 METHOD_PREFIX = "method."
 
 # Metrics of replies

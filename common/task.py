@@ -1,56 +1,86 @@
 """The task a server hands a client with each message, as a validated section.
 
 Clients take everything about a round from the message (learning rate, steps,
-data set, partitioning, what to do with importance, the mask version), so that
-one ClientApp serves simulations and devices alike; only the partition id and an
-optional data folder come from the SuperNode's ``--node-config``.
+data set, partitioning, the mask version; the pruning method's own entries beside
+them), so that one ClientApp serves simulations and devices alike; only the
+partition id and an optional data folder come from the SuperNode's
+``--node-config``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .data import ClientSplit, client_split
 from .settings import ConfigError, Section
 from .wire import WireFormat
 
+if TYPE_CHECKING:
+    from .config import AppConfig
+
+
+SOURCE = "config-key"  # field metadata: the configuration key a task field is taken from
+
+
+def source(key: str) -> dict[str, str]:
+    return {SOURCE: key}
+
 
 @dataclass(frozen=True)
 class TaskSpec(Section):
-    """One round's instructions; every key must be present in the message."""
+    """One round's instructions; every key must be present in the message.
+
+    A field with a ``source`` is the configuration's value of that key
+    (:meth:`for_run` derives them); ``data_dir`` and ``layout`` are the resolved data
+    folder and the model layout's fingerprint; ``server_round``, ``lr`` (after its
+    schedule) and ``mask_version`` change every round.
+    """
 
     PREFIX = ""
 
     server_round: int = 0
-    dataset: str = ""
+    dataset: str = field(default="", metadata=source("data.dataset"))
     data_dir: str = ""
-    partitioning: str = "iid"
-    alpha: float = 1.0
-    classes_per_client: int = 2
-    shards_per_client: int = 2
-    client_test_fraction: float = 0.0
-    partition_seed: int = 0
-    download: bool = False
-    model: str = ""
+    partitioning: str = field(default="iid", metadata=source("data.partitioning"))
+    alpha: float = field(default=1.0, metadata=source("data.alpha"))
+    classes_per_client: int = field(default=2, metadata=source("data.classes-per-client"))
+    shards_per_client: int = field(default=2, metadata=source("data.shards-per-client"))
+    client_test_fraction: float = field(default=0.0, metadata=source("data.client-test-fraction"))
+    partition_seed: int = field(default=0, metadata=source("federation.seed"))
+    download: bool = field(default=False, metadata=source("data.download"))
+    model: str = field(default="", metadata=source("model.name"))
     layout: str = ""  # fingerprint of the model layout both ends must share
-    lr: float = 0.0
-    local_steps: int = 1
-    batch_size: int = 1
-    loss: str = "cross-entropy"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    weighting: Literal["samples-processed", "dataset-size"] = "samples-processed"
-    method: str = "none"
-    importance: Literal["off", "accumulate", "upload"] = "off"
-    importance_scope: Literal["pruned", "all"] = "pruned"
+    lr: float = field(default=0.0, metadata=source("train.lr"))
+    local_steps: int = field(default=1, metadata=source("train.local-steps"))
+    batch_size: int = field(default=1, metadata=source("train.batch-size"))
+    loss: str = field(default="cross-entropy", metadata=source("train.loss"))
+    momentum: float = field(default=0.0, metadata=source("train.momentum"))
+    weight_decay: float = field(default=0.0, metadata=source("train.weight-decay"))
+    weighting: Literal["samples-processed", "dataset-size"] = field(
+        default="samples-processed", metadata=source("train.weighting")
+    )
+    method: str = field(default="none", metadata=source("pruning.method"))
     mask_version: int = 0
-    seed: int = 0
-    wire_values: Literal["float32", "float16", "bfloat16"] = "float32"
-    wire_importance: Literal["float32", "bfloat16"] = "float32"
-    wire_compression_level: int = 1
+    seed: int = field(default=0, metadata=source("federation.seed"))
+    wire_values: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata=source("wire.values")
+    )
+    wire_importance: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata=source("wire.importance")
+    )
+    wire_compression_level: int = field(default=1, metadata=source("wire.compression-level"))
+
+    @classmethod
+    def for_run(cls, config: AppConfig, layout_fingerprint: str) -> TaskSpec:
+        """The task fields that stay the same through a run of ``config``."""
+        flat = config.to_flat()
+        sourced = {f.name: flat[f.metadata[SOURCE]] for f in dataclasses.fields(cls) if SOURCE in f.metadata}
+        data_dir = config.data.resolved_dir()
+        return cls(**sourced, data_dir=str(data_dir) if data_dir else "", layout=layout_fingerprint)  # type: ignore[arg-type]
 
     @property
     def wire(self) -> WireFormat:

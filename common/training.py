@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -68,6 +69,19 @@ class LocalResult:
     statistic: np.ndarray | None  # flat over the layout's float vector
 
 
+class NodeStore(Protocol):
+    """Arrays a node keeps between rounds for its pruning method (Flower's ``Context.state``)."""
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The array saved under ``key``, or None."""
+
+    def save(self, key: str, array: np.ndarray) -> None:
+        """Keep ``array`` under ``key`` until it is replaced or deleted."""
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (nothing happens if it is absent)."""
+
+
 class TrainingHooks:
     """What a pruning method changes in a client's local training; defaults change nothing.
 
@@ -84,12 +98,16 @@ class TrainingHooks:
       the model's device once :meth:`place` has moved them;
     * :meth:`client_mask` is the mask the client reports after training, when it
       chose its own; the reply then carries that mask and its values;
+    * :attr:`statistic` is the gradient statistic local training accumulates, and
+      :meth:`upload` the vector the reply carries from it (PruneFL's importance),
+      with the node's :class:`NodeStore` to keep sums between rounds;
     * :meth:`report` adds per-round statistics to the reply (gate values);
     * :meth:`train` replaces the whole local loop (training a physically smaller
       model and writing it back).
     """
 
     enforce_mask: bool = True
+    statistic: GradientStatistic = GradientStatistic.NONE
 
     def place(self, device: torch.device) -> None:
         """Move the hooks' own tensors (gates) to the model's device, before training starts."""
@@ -120,6 +138,22 @@ class TrainingHooks:
     def report(self) -> dict[str, float | list[float]]:
         """Extra statistics for the server (sent as ``method.<key>`` metrics)."""
         return {}
+
+    def upload(
+        self,
+        result: LocalResult,
+        layout: ModelLayout,
+        mask: np.ndarray,
+        mask_version: int,
+        store: NodeStore,
+    ) -> np.ndarray | None:
+        """The statistic vector the reply carries (float32), or None for none.
+
+        Called after training with its :class:`LocalResult` (whose ``statistic`` is
+        :attr:`statistic`'s), the mask trained under and its version; ``store``
+        keeps arrays on the node between rounds.
+        """
+        return None
 
     def train(
         self,

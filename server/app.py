@@ -21,7 +21,7 @@ from pathlib import Path
 import flwr
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from flwr.superlink.grid import InMemoryGrid
@@ -45,9 +45,10 @@ from .messenger import Messenger
 from .nodes import NodeBook
 from .partition_report import PARTITIONS_FILE, partition_summary, write_partition_report
 from .progress import RunProgress
+from .recorder import format_bytes
 from .results import CONFIG_FILE, INITIAL_PRUNING_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .resumed import ResumedStrategy
-from .strategy import PruningFedAvg, format_bytes
+from .strategy import PruningFedAvg, task_record
 
 NOMINAL_BYTES_PER_VALUE = 8.0  # float32 down and up, before any round is measured
 
@@ -90,34 +91,27 @@ class RunError(RuntimeError):
 
 
 def task_for_run(config: AppConfig, layout: ModelLayout) -> TaskSpec:
-    """The task fields that stay the same through a run."""
-    data_dir = config.data.resolved_dir()
-    train = config.train
-    return TaskSpec(
-        dataset=config.data.dataset,
-        data_dir=str(data_dir) if data_dir else "",
-        partitioning=config.data.partitioning,
-        alpha=config.data.alpha,
-        classes_per_client=config.data.classes_per_client,
-        shards_per_client=config.data.shards_per_client,
-        client_test_fraction=config.data.client_test_fraction,
-        partition_seed=config.federation.seed,
-        download=config.data.download,
-        model=config.model.name,
-        layout=layout.fingerprint,
-        lr=train.lr,
+    """The task fields that stay the same through a run (derived from ``config``)."""
+    return TaskSpec.for_run(config, layout.fingerprint)
+
+
+def method_env(config: AppConfig, layout: ModelLayout, full_participation: bool) -> MethodEnv:
+    """The run facts the pruning method reads on the server (the clients derive theirs from the task)."""
+    source = DATASETS[config.data.dataset]
+    train, fed = config.train, config.federation
+    return MethodEnv(
+        layout,
+        num_rounds=fed.rounds,
         local_steps=train.local_steps,
+        full_participation=full_participation,
+        seed=fed.seed,
+        model=config.model.name,
+        num_classes=source.num_classes,
+        input_shape=source.input_shape,
         batch_size=train.batch_size,
-        loss=train.loss,
-        momentum=train.momentum,
-        weight_decay=train.weight_decay,
-        weighting=train.weighting,
-        method=config.pruning.method,
-        importance_scope="pruned" if train.momentum == 0 and train.weight_decay == 0 else "all",
-        seed=config.federation.seed,
-        wire_values=config.wire.values,
-        wire_importance=config.wire.importance,
-        wire_compression_level=config.wire.compression_level,
+        statistic_factor=fed.statistic_factor,
+        plain_sgd=train.momentum == 0 and train.weight_decay == 0,
+        aggregation=fed.aggregation,
     )
 
 
@@ -219,7 +213,11 @@ def run_federation(
         device = resolve_device(config.train.device)
         evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss, device)
 
-    describe_config = ConfigRecord(dict(task.to_flat()))
+    # Nodes are described before the method exists (whether every node trains every
+    # round is a fact of the method's environment); a describe message trains nothing,
+    # so it carries the method's entries of a round without training.
+    idle = config.method_class(config.method, method_env(config, layout, full_participation=True))
+    describe_config = task_record(task, idle.task_entries(0, training=False))
     nodes.wait_for(
         grid,
         fed.min_clients,
@@ -227,28 +225,14 @@ def run_federation(
         lambda: messenger.describe_new_nodes(grid, describe_config, fed.round_timeout),
     )
     partitions = report_partitions(results.folder, nodes, config)
-    # Whether every node trains every round decides how importance travels.
     full = fed.clients_per_round == 0 or fed.clients_per_round >= len(nodes)
-    env = MethodEnv(
-        layout,
-        fed.rounds,
-        config.train.local_steps,
-        full,
-        fed.seed,
-        config.model.name,
-        source.num_classes,
-        source.input_shape,
-        config.train.batch_size,
-        fed.statistic_factor,
-    )
-    method = config.method_class(config.method, env)
+    method = config.method_class(config.method, method_env(config, layout, full))
     rounds = method.planned_rounds(fed.rounds)
     if rounds != fed.rounds:  # a method with a compute budget (Rethinking's scratch-B)
         log(INFO, "fedprune: %s plans %d rounds instead of %d", config.pruning.method, rounds, fed.rounds)
         config = dataclasses.replace(config, federation=dataclasses.replace(fed, rounds=rounds))
         fed = config.federation
-        env = dataclasses.replace(env, num_rounds=rounds)
-        method = config.method_class(config.method, env)
+        method = config.method_class(config.method, method_env(config, layout, full))
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
     strategy.run_started = started
     strategy.progress = progress

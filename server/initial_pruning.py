@@ -148,7 +148,7 @@ def _checked_reply(
         raise RejectedReply("missing", f"no config record {keys.CONFIG!r}")
     record = reply.content.array_records[keys.ARRAYS]
     try:
-        mask = decode_mask(record, model.layout, messenger.history.mask)
+        mask = decode_mask(record, model.layout, messenger.ledger.mask)
         if mask is None:
             raise WireError("the reply carries no mask")
         payload = decode_payload(record, model.layout, mask)
@@ -221,6 +221,11 @@ def _on_client(
             f"{sorted(n.partition_id for n in nodes.ordered())}"
         )
     ip_config = ConfigRecord(dict(task.to_flat()))
+    for key, value in method.task_entries(0, training=False).items():
+        ip_config[key] = value
+    # the node keeps the mask it computes under the version the server will give it
+    next_version = model.mask_version + 1
+    ip_config[keys.IP_MASK_VERSION] = next_version
     ip_config["method"] = config.pruning.method
     ip_config["ip-batches"] = spec.batches
     ip_config["ip-batch-size"] = spec.batch_size
@@ -233,7 +238,8 @@ def _on_client(
     )
     problems = []
     for reply in replies:
-        measured = messenger.log_reply(reply, 0, "initial-pruning", exchange.sender(reply))
+        measured = messenger.measure(reply)
+        mask = None
         try:
             exchange.accept_origin(reply, measured.total)
             if reply.has_error():
@@ -242,6 +248,8 @@ def _on_client(
             break
         except RejectedReply as exc:
             problems.append(str(exc))
+        finally:  # its bytes count whatever the outcome; the decoded mask gives its bound
+            messenger.log_reply(reply, 0, "initial-pruning", exchange.sender(reply), measured, mask)
     else:
         if not replies:
             raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
@@ -249,7 +257,10 @@ def _on_client(
     floats = model.floats.copy()
     floats[mask] = values
     _adopt(model, InitialPruning(mask=mask, floats=floats, iterations=iterations))
-    node.mask_version = model.mask_version
+    # the node holds its mask as next_version; if the mask did not change, that version
+    # does not exist here and the node is sent the mask with its first message
+    if model.mask_version == next_version:
+        messenger.ledger.record([node.node_id], next_version)
     return InitialPruningReport(
         where="client",
         partition_id=spec.partition_id,

@@ -7,6 +7,7 @@ computes its bound from what it actually carries (see :mod:`common.wire.bound`).
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
@@ -27,7 +28,7 @@ from common.wire.values import value_bits
 
 from .communication import CommunicationLog
 from .global_model import GlobalModel
-from .mask_history import MaskHistory
+from .mask_ledger import MaskLedger
 from .nodes import NodeBook, NodeInfo
 from .phases import PhaseClock
 from .validation import from_superlink
@@ -45,7 +46,7 @@ class Messenger:
         self.nodes = nodes
         self.comm = comm
         self.wire = wire
-        self.history = MaskHistory(model.layout)
+        self.ledger = MaskLedger(model.layout)  # which mask version each node holds
         self.clock = PhaseClock()  # measuring bytes is timed as "accounting"
 
     def _mask_part(self, base: int | None) -> tuple[Array | None, float]:
@@ -53,7 +54,7 @@ class Messenger:
         if base is None:
             return None, 0.0
         model = self.model
-        base_mask = self.history.mask(base)
+        base_mask = self.ledger.mask(base)
         array = codec.mask_array(
             model.layout, model.mask, self.wire, base_mask if base else None, base, model.kept_positions()
         )
@@ -76,8 +77,8 @@ class Messenger:
         """
         model = self.model
         version = model.mask_version
-        self.history.add(version, model.mask)
-        self.history.keep_only([version, *(n.mask_version for n in self.nodes.ordered())])
+        self.ledger.add(version, model.mask)
+        self.ledger.keep_only(version, (n.node_id for n in self.nodes.ordered()))
         kept = model.kept_values()
         values = codec.values_array(kept, self.wire)
         counters = codec.counters_array(model.ints) if model.ints.size else None
@@ -88,7 +89,7 @@ class Messenger:
         # object's id (a SHA-256 of its content) is computed once, not once per message.
         with no_object_id_recompute():
             for node in targets:
-                base = self.history.base_for(node.mask_version, version)
+                base = self.ledger.base_for(node.node_id, version)
                 if base not in records:
                     arrays = {codec.VALUES: values}
                     if counters is not None:
@@ -134,27 +135,54 @@ class Messenger:
             timeout,
         )
 
-    def bound_of(self, record: ArrayRecord) -> float:
-        """The bound of a received payload, from what it carries (a mask is decoded for it)."""
+    def bound_of(self, record: ArrayRecord, mask: np.ndarray | None = None) -> float:
+        """The bound of a received payload, from what it carries.
+
+        ``mask`` is the mask the payload carries when the caller decoded it already;
+        otherwise a carried mask is decoded here (a reply that was rejected).
+        """
         layout = self.model.layout
         try:
             info = payload_info(record)
             mask_bits = 0.0
             if info.mask_base is not None:
-                mask = codec.decode_mask(record, layout, self.history.mask)
-                mask_bits = mask_bound_bits(layout, mask, self.history.mask(info.mask_base))
+                if mask is None:
+                    mask = codec.decode_mask(record, layout, self.ledger.mask)
+                mask_bits = mask_bound_bits(layout, mask, self.ledger.mask(info.mask_base))
         except WireError:
             return 0.0  # an unreadable payload: rejected where it is decoded
         return payload_bound(
             layout, mask_bits, info.num_values, info.value_bits, info.num_importance, info.importance_bits
         )
 
-    def log_reply(self, reply: Message, server_round: int, phase: str, node_id: int) -> MessageBytes:
-        """Measure a reply and log it as ``node_id``'s upload, unless the SuperLink wrote
-        it (a "Node Unavailable" error): that one never crossed the node's link."""
+    def measure(self, message: Message) -> MessageBytes:
+        """A message's serialised bytes (timed as accounting), without logging it."""
+        with self.clock.phase("accounting"):
+            return measure_message(message)
+
+    def log_reply(
+        self,
+        reply: Message,
+        server_round: int,
+        phase: str,
+        node_id: int,
+        measured: MessageBytes | None = None,
+        mask: np.ndarray | None = None,
+    ) -> MessageBytes:
+        """Log a reply as ``node_id``'s upload, unless the SuperLink wrote it (a "Node
+        Unavailable" error): that one never crossed the node's link.
+
+        ``measured`` are its bytes when :meth:`measure` gave them already; ``mask`` the
+        mask it carries, when the caller decoded it (so it is decoded once).
+        """
+        measured = measured if measured is not None else self.measure(reply)
         if from_superlink(reply):
-            return measure_message(reply)
-        return self.log(reply, server_round, phase, "up", node_id)
+            return measured
+        bound = None
+        if reply.has_content() and keys.ARRAYS in reply.content.array_records:
+            with self.clock.phase("accounting"):
+                bound = self.bound_of(reply.content.array_records[keys.ARRAYS], mask)
+        return self.log(reply, server_round, phase, "up", node_id, bound, measured)
 
     def log(
         self,
@@ -164,14 +192,16 @@ class Messenger:
         direction: str,
         node_id: int,
         bound: float | None = None,
+        measured: MessageBytes | None = None,
     ) -> MessageBytes:
-        """Measure one message, append it to the communication log and return its bytes.
+        """Measure one message (unless ``measured``), append it to the communication log
+        and return its bytes.
 
         ``bound`` is the message's bound when the caller knows it (the payloads it
         built); otherwise it is read from the payload.
         """
         with self.clock.phase("accounting"):
-            measured = measure_message(message)
+            measured = measured if measured is not None else measure_message(message)
             dense = 0
             if message.has_content() and keys.ARRAYS in message.content.array_records:
                 if bound is None:

@@ -1,16 +1,16 @@
-"""Who the server talks to: node descriptions, mask versions and sampling.
+"""Who the server talks to: node descriptions and sampling.
 
 Node ids are random, so the server asks every new node once for its partition id
 (a ``query.describe`` message) and orders nodes by it; sampling then draws from
 that order with a generator seeded by (seed, round), which makes a run's client
-selection reproducible. The server remembers, per node, which mask version the
-node holds: a few integers per node, never a model.
+selection reproducible. Which mask version each node holds is the
+:class:`~server.mask_ledger.MaskLedger`'s.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -31,7 +31,6 @@ class NodeInfo:
     num_partitions: int
     train_size: int
     test_size: int
-    mask_version: int | None = None  # the mask version this node holds, if any
     train_labels: tuple[int, ...] = ()  # samples per class, as the node reported them
     test_labels: tuple[int, ...] = ()
 
@@ -152,8 +151,3 @@ class NodeBook:
         rng = np.random.default_rng([seed, server_round, stream])
         chosen = np.sort(rng.choice(len(ordered), size=count, replace=False))
         return [ordered[i] for i in chosen]
-
-    def mark_stale(self, node_ids: Iterable[int]) -> None:
-        for node_id in node_ids:
-            if node_id in self.nodes:
-                self.nodes[node_id].mask_version = None

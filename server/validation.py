@@ -14,10 +14,11 @@ kind                   the reply ...
 ``wrong-round``        belongs to another round, message type or message
 ``oversized``          is larger than the largest legitimate reply of the layout
 ``missing``            lacks a record or a metric the protocol requires
-``bad-metric``         carries a metric of the wrong type or out of range
+``bad-metric``         carries a metric of the wrong type or out of range, or
+                       statistics its pruning method refuses (negative importance)
 ``mask-version``       was computed under a stale or unknown mask version
 ``bad-payload``        has arrays that do not decode against the layout and mask
-``non-finite``         carries NaN or Inf (or negative importance)
+``non-finite``         carries NaN or Inf (values or an uploaded statistic)
 ``outlier``            moves the model by more than ``federation.outlier-factor``
                        times the model's norm (an update no training produces)
 ``replay``             carries the same arrays as that node's previous reply

@@ -38,8 +38,8 @@ from rich.progress import (
 
 from common.pruning import InitialPruningStep
 from server.progress import RunProgress
+from server.recorder import format_bytes
 from server.results import RoundRow
-from server.strategy import format_bytes
 
 # (heading, width) of each column of the round table; every cell is right-aligned
 COLUMNS = (

@@ -30,11 +30,10 @@ whole step.
 
 For structured pruning, which removes whole channels and so makes the dense model
 physically smaller, the same linear model is fitted separately to timings of
-*narrowed* dense models: each prunable layer keeps a fraction (the width) of its
-output channels or features, and the next layer correspondingly fewer inputs
-(:func:`narrowed`). This needs the prunable layers to form a chain of Conv2d and
-Linear modules (activations, pooling and flattening in between); models with
-other parametrised modules (BatchNorm) or branches are not narrowed.
+*narrowed* dense models: each channel group keeps a fraction (the width) of its
+output channels or features, and the layers reading them correspondingly fewer
+inputs (:func:`narrowed`: Torch-Pruning's dependency graph, the one clients shrink
+their models with, so BatchNorm and residual branches narrow with their layers).
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from copy import deepcopy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +49,8 @@ from torch import nn
 
 from common.layout import ModelLayout
 from common.models import build_model
+from common.pruning.channels import trace_channels
+from common.pruning.shrink import shrink_model
 from common.training import SgdSettings, make_loss, train_locally
 
 DEFAULT_DENSITIES = (1.0, 0.5, 0.2, 0.05)
@@ -262,69 +262,29 @@ def profile_model(
 
 
 # -- widths (structured pruning) --------------------------------------------------------
-def _chain(model: nn.Module, layout: ModelLayout) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
-    """The prunable layers in order, checked to be a plain chain of Conv2d / Linear."""
-    modules = dict(model.named_modules())
-    chain = []
-    for t in layout.prunable:
-        name = t.name.removesuffix(".weight")
-        module = modules.get(name)
-        if not isinstance(module, nn.Conv2d | nn.Linear) or getattr(module, "groups", 1) != 1:
-            raise ProfilingError(f"{t.name} is not the weight of a plain Conv2d or Linear layer")
-        chain.append((name, module))
-    chained = {name for name, _ in chain}
-    for name, module in modules.items():
-        owns = [p for p in module.parameters(recurse=False)]
-        if owns and name not in chained:
-            raise ProfilingError(
-                f"module {name!r} ({type(module).__name__}) has parameters outside the chain of "
-                "Conv2d/Linear layers, so narrowed copies cannot be built"
-            )
-    return chain
+def narrowed(
+    model: nn.Module, layout: ModelLayout, widths: dict[str, float], input_shape: tuple[int, ...]
+) -> nn.Module:
+    """A dense copy of ``model`` in which each channel group keeps a share of its channels.
 
-
-def narrowed(model: nn.Module, layout: ModelLayout, widths: dict[str, float]) -> nn.Module:
-    """A fresh dense copy of ``model`` in which layer l keeps ``widths[l]`` of its outputs.
-
-    ``widths`` maps weight names (``conv1.weight``) to a fraction in (0, 1]; the
-    last layer keeps all its outputs (the classes). A layer's inputs shrink with
-    the outputs of the layer before it; for a Linear layer after a flattened
-    convolution, by the same factor (``in_features`` must be a multiple of the
-    convolution's channels). The copy is checked by the caller with a forward pass.
+    ``widths`` maps weight names (``conv1.weight``) to a fraction in (0, 1]: the
+    channel group whose root layer that weight belongs to keeps its first
+    ``round(width * channels)`` channels (at least one); layers coupled to it (its
+    BatchNorm, the next layer's inputs, a residual sum's other branch) shrink with
+    it, and the layers producing the model's output keep all their outputs. The
+    channels are removed with Torch-Pruning's dependency graph, as clients shrink
+    their models (:func:`common.pruning.shrink.shrink_model`); the original is untouched.
     """
-    chain = _chain(model, layout)
-    previous_out, previous_new = None, None
-    copy = deepcopy(model)
-    for index, (name, module) in enumerate(chain):
-        is_conv = isinstance(module, nn.Conv2d)
-        out = module.out_channels if is_conv else module.out_features
-        inputs = module.in_channels if is_conv else module.in_features
-        last = index == len(chain) - 1
-        new_out = out if last else max(1, round(out * widths.get(f"{name}.weight", 1.0)))
-        new_in = inputs
-        if previous_out is not None and previous_new is not None:
-            if inputs % previous_out != 0:
-                raise ProfilingError(
-                    f"{name} has {inputs} inputs, not a multiple of the {previous_out} before it"
-                )
-            new_in = inputs // previous_out * previous_new
-        if is_conv:
-            replacement: nn.Module = nn.Conv2d(
-                new_in,
-                new_out,
-                module.kernel_size,  # type: ignore[arg-type]
-                stride=module.stride,  # type: ignore[arg-type]
-                padding=module.padding,  # type: ignore[arg-type]
-                dilation=module.dilation,  # type: ignore[arg-type]
-                bias=module.bias is not None,
-            )
-        else:
-            replacement = nn.Linear(new_in, new_out, bias=module.bias is not None)
-        parent_name, _, attribute = name.rpartition(".")
-        parent = copy.get_submodule(parent_name) if parent_name else copy
-        setattr(parent, attribute, replacement)
-        previous_out, previous_new = out, new_out
-    return copy
+    example = torch.zeros(1, *input_shape)
+    structure = trace_channels(model, example, layout)
+    removal = []
+    for group in structure.groups:
+        width = widths.get(f"{group.root}.weight", 1.0)
+        keep = max(1, round(group.channels * width))
+        if keep < group.channels:
+            removal.append((group.root, list(range(keep, group.channels))))
+    floats, ints = layout.flatten(model.state_dict())
+    return shrink_model(model, layout, floats, ints, removal, example).model
 
 
 def width_configurations(layout: ModelLayout, widths: Sequence[float]) -> list[dict[str, float]]:
@@ -363,7 +323,7 @@ def profile_widths(
     configs = width_configurations(full_layout, widths)
     models = []
     for config in configs:
-        model = narrowed(full, full_layout, config).to(settings.device)
+        model = narrowed(full, full_layout, config, input_shape).to(settings.device)
         layout = ModelLayout.from_model(model)
         try:
             time_iterations(model, layout, layout.full_mask(), batch, 2, loss, num_classes)  # warm-up

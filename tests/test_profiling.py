@@ -85,7 +85,9 @@ def test_bad_settings_are_refused():
 def test_a_narrowed_model_keeps_a_width_of_each_layers_outputs_and_still_runs():
     model = build_model("digits-cnn", 10, (1, 8, 8), seed=0)
     layout = ModelLayout.from_model(model)
-    narrow = narrowed(model, layout, {"conv1.weight": 0.5, "conv2.weight": 0.25, "fc1.weight": 0.5})
+    narrow = narrowed(
+        model, layout, {"conv1.weight": 0.5, "conv2.weight": 0.25, "fc1.weight": 0.5}, (1, 8, 8)
+    )
     shapes = {name: tuple(p.shape) for name, p in narrow.named_parameters() if name.endswith("weight")}
     # conv1 16 -> 8 channels; conv2 32 -> 8 from 8 inputs; fc1 512 -> 8*4*4 = 128 inputs, 64 -> 32
     # outputs; fc2 keeps its 10 classes
@@ -100,10 +102,14 @@ def test_a_narrowed_model_keeps_a_width_of_each_layers_outputs_and_still_runs():
     assert len(width_configurations(layout, (1.0, 0.5, 0.25))) == 1 + 2 * (1 + 3)
 
 
-def test_a_model_with_batchnorm_is_not_narrowed():
+def test_a_model_with_batchnorm_narrows_with_its_batchnorm():
     model = TinyBatchNormNet()
-    with pytest.raises(ProfilingError, match="outside the chain"):
-        narrowed(model, ModelLayout.from_model(model), {"conv.weight": 0.5})
+    narrow = narrowed(model, ModelLayout.from_model(model), {"conv.weight": 0.5}, (1, 4, 4))
+    # conv 2 -> 1 channel, its BatchNorm with it, fc 32 -> 16 inputs; fc keeps its 3 outputs
+    assert (narrow.conv.out_channels, narrow.bn.num_features) == (1, 1)
+    assert tuple(narrow.fc.weight.shape) == (3, 16)
+    assert narrow(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+    assert model.conv.out_channels == 2  # the original is untouched
 
 
 def _profile(name: str, layout: ModelLayout, t0: float) -> ModelProfile:

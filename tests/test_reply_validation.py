@@ -255,7 +255,7 @@ TRAIN_CASES: dict[str, tuple[Tamper, str | None, int, int]] = {
         0,
     ),
     "importance-bfloat16": (recode("importance", "bfloat16", relative=False), "bad-payload", 1, 0),
-    "importance-negative": (numbers("importance", lambda v: -np.ones_like(v)), "non-finite", 1, 0),
+    "importance-negative": (numbers("importance", lambda v: -np.ones_like(v)), "bad-metric", 1, 0),
     "importance-nan": (numbers("importance", lambda v: np.full_like(v, np.nan)), "non-finite", 1, 0),
     "importance-short": (numbers("importance", lambda v: v[:3]), "bad-payload", 1, 0),
     "client-sends-mask": (

@@ -299,7 +299,7 @@ def _method(name: str, extra: list[str] = ()):
 
 
 def test_one_clients_gates_move_the_average_by_at_most_its_bounded_share():
-    from common.pruning import ClientReport
+    from common.pruning import ClientReport, RoundUpdate
 
     method = _method("tgf")
     start = method.gates.astype(np.float64)
@@ -307,7 +307,7 @@ def test_one_clients_gates_move_the_average_by_at_most_its_bounded_share():
     honest = [start + rng.normal(scale=0.01, size=start.size) for _ in range(9)]
     hostile = start + 1e30
     reports = [ClientReport(i, 1.0, None, {"gates": list(g)}) for i, g in enumerate([*honest, hostile])]
-    method.merge_clients(1, np.zeros(0), np.zeros(0, bool), reports)
+    method.merge_clients(RoundUpdate(1, np.zeros(0), np.zeros(0, bool), np.zeros(0, F32), 0.1, reports))
     honest_norms = [np.linalg.norm(g - start) for g in honest]
     moved = np.linalg.norm(method.gates.astype(np.float64) - np.mean([*honest, start], axis=0))
     # the hostile change is clipped to 10 x median honest-ish change, and weighs 1/10
@@ -316,13 +316,14 @@ def test_one_clients_gates_move_the_average_by_at_most_its_bounded_share():
 
 
 def test_a_dense_mask_cannot_take_over_a_gibbs_union():
-    from common.pruning import ClientReport
+    from common.pruning import ClientReport, RoundUpdate
 
     method = _method("gibbs")
     layout = method.env.layout
     rng = np.random.default_rng(0)
     masks = [layout.mask_from_prunable(rng.random(layout.num_prunable) < 0.05) for _ in range(9)]
     reports = [ClientReport(i, 1.0, m, {}) for i, m in enumerate([*masks, layout.full_mask()])]
-    merged = method.merge_clients(1, np.zeros(layout.num_floats, F32), layout.full_mask(), reports)
+    zeros = np.zeros(layout.num_floats, F32)
+    merged = method.merge_clients(RoundUpdate(1, zeros, layout.full_mask(), zeros, 0.1, reports))
     assert merged is not None
     assert np.array_equal(merged, np.logical_or.reduce(masks))  # the all-kept mask is left out

@@ -11,14 +11,14 @@ from flwr.app import Error, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client.app import app as client_app
-from client.node_state import IMPORTANCE_RECORD
+from client.node_state import METHOD_RECORD
 from common.config import load_config
 from common.pruning import METHODS, InitialPruning, PruningMethod
+from common.pruning.prunefl_importance import ImportanceAccumulator
 from common.wire import measure_message
 from common.wire.codec import mask_base_version
 from common.wire.values import decode_values
 from server.app import run_federation
-from server.importance import ImportanceAccumulator
 from server.results import read_rounds
 from tests.inprocess_grid import InProcessGrid
 
@@ -47,7 +47,7 @@ class ScriptedMethod(PruningMethod):
                 new[t.offset : t.offset + t.size // 2] = False
         return InitialPruning(mask=new)
 
-    def reconfigure(self, server_round, floats, mask, importance, cost):
+    def reconfigure(self, server_round, floats, mask, cost):
         if server_round == 1:
             ScriptedMethod.reconfigured_from = mask.copy()
             return self.env.layout.full_mask()
@@ -182,7 +182,7 @@ def test_partial_participation_keeps_no_importance_on_the_nodes(tmp_path):
         tmp_path, [*FAST, "federation.clients-per-round=2", "federation.rounds=4"], num_nodes=4
     )
     for context in grid.contexts.values():
-        assert IMPORTANCE_RECORD not in context.state
+        assert not context.state.array_records.get(METHOD_RECORD)  # no importance sum is left behind
     rows = read_rounds(Path(summary.results_dir))
     assert all(int(r["clients"]) == 2 for r in rows[1:])
     assert all(int(r["importance_up"]) > 0 for r in rows[1:])

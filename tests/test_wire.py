@@ -42,9 +42,9 @@ def test_round_trip_with_mask_and_importance(tiny):
     assert all(record[name].stype == f"fedprune.{name}.v1" for name in record)
     decoded_mask = decode_mask(record, layout)
     assert np.array_equal(decoded_mask, mask)
-    payload = decode_payload(record, layout, decoded_mask, importance_length=4)
+    payload = decode_payload(record, layout, decoded_mask, statistic_length=4)
     assert np.array_equal(payload.values, values)
-    assert np.array_equal(payload.importance, importance)
+    assert np.array_equal(payload.statistic, importance)
     info = payload_info(record)
     assert (info.num_values, info.value_bits, info.num_importance, info.mask_base) == (19, 32, 4, 0)
 

@@ -89,9 +89,9 @@ def test_payload_round_trip(bits, fmt, level, seed):
     )
     decoded_mask = decode_mask(record, LAYOUT)
     assert np.array_equal(decoded_mask, mask)
-    payload = decode_payload(record, LAYOUT, decoded_mask, importance_length=7)
+    payload = decode_payload(record, LAYOUT, decoded_mask, statistic_length=7)
     assert np.array_equal(payload.values, quantize(values, fmt))
-    assert np.array_equal(payload.importance, quantize(importance, "bfloat16"))
+    assert np.array_equal(payload.statistic, quantize(importance, "bfloat16"))
 
 
 def _corrupt(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:

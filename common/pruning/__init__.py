@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from .base import (
     ClientReport,
-    ImportanceRequest,
     InitialData,
     InitialDataSpec,
     InitialPruning,
@@ -18,6 +17,7 @@ from .base import (
     MethodSettings,
     PruningMethod,
     RoundPlan,
+    RoundUpdate,
 )
 from .droppruning import DropPruning
 from .gibbs import GibbsPruning
@@ -46,7 +46,6 @@ METHODS: dict[str, type[PruningMethod]] = {
 __all__ = [
     "METHODS",
     "ClientReport",
-    "ImportanceRequest",
     "InitialData",
     "InitialPruningStep",
     "InitialDataSpec",
@@ -55,4 +54,5 @@ __all__ = [
     "MethodSettings",
     "PruningMethod",
     "RoundPlan",
+    "RoundUpdate",
 ]

@@ -1,26 +1,38 @@
 """The one interface every pruning method implements.
 
 A method is a small class with server-side and client-side hooks; the strategy
-and the client call only these, so adding a method is one file plus one line in
-``common/pruning/__init__.py``:
+and the client call only these and carry what a method sends between its two
+sides as opaque, validated records. Adding a method is one file plus one line in
+``common/pruning/__init__.py`` (and its defaults in ``pyproject.toml``):
 
 * :meth:`PruningMethod.initial_mask` - the mask before round 1 (optionally
   computed from one client's data, on whichever side holds it);
-* :meth:`PruningMethod.round_plan` - what the clients do in a round (whether they
-  compute an importance statistic and upload it, method-specific settings);
+* :meth:`PruningMethod.round_plan` - what the clients do in a round (settings
+  sent as ``method.<key>`` entries, whether they choose their own masks), and
+  :meth:`PruningMethod.task_entries` - entries of the method's own that every
+  task message carries under names the method chooses;
 * :meth:`PruningMethod.training_hooks` - client-side behaviour during local steps
   (see :class:`~common.training.TrainingHooks`: a sampled or gated forward, a
-  penalty, the client's own mask, extra statistics, a physically smaller model);
-* :meth:`PruningMethod.check_report` / :meth:`PruningMethod.merge_clients` - what
-  the server makes of the clients' own masks and extra statistics, when a round's
-  plan asks for them (``RoundPlan.client_masks``);
-* :meth:`PruningMethod.reconfigure` - the new global mask from the aggregate.
+  penalty, the client's own mask, a gradient statistic and the vector uploaded
+  from it, extra statistics, a physically smaller model);
+* :meth:`PruningMethod.upload_length` / :meth:`PruningMethod.check_report` - what
+  the server accepts from a client: the length of the uploaded statistic vector,
+  and whether a reply's statistics are usable;
+* :meth:`PruningMethod.merge_clients` - what the server makes of a round's
+  accepted replies (their own masks, uploaded vectors, extra statistics and
+  updates), after aggregation;
+* :meth:`PruningMethod.reconfigure` - the new global mask from the aggregate and
+  the statistics the method merged;
+* :meth:`PruningMethod.clients_hold_state` / :meth:`PruningMethod.state_dict` -
+  what checkpoints need: whether the nodes hold statistics the server lacks after
+  a round, and the method's own server-side state.
 
 Every hook has a default that leaves the dense FedAvg behaviour unchanged, so a
 method overrides only what it changes. Randomness is a pure function of the run's
 seed and the round (:meth:`PruningMethod.rng`), so a method holds no RNG state and a
-run is reproducible from its configuration; state a method does keep between rounds
-(TGF's gate values) is exposed by :meth:`PruningMethod.state_dict` for checkpoints.
+run is reproducible from its configuration; the statistics a method keeps between
+rounds (PruneFL's importance, TGF's gate values) are its own, exposed by
+:meth:`PruningMethod.state_dict` for checkpoints.
 
 Masks are flat bool vectors over a :class:`~common.layout.ModelLayout`'s float
 state, True at every non-prunable position. Each method's settings are a
@@ -33,7 +45,6 @@ import dataclasses
 from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import ClassVar
 
 import numpy as np
@@ -44,15 +55,6 @@ from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..settings import Scalar, Section
 from ..training import LossFn, SgdSettings, TrainingHooks
-
-
-class ImportanceRequest(Enum):
-    """What a client does with the importance statistic in a round."""
-
-    OFF = "off"  # no statistic is computed
-    ACCUMULATE = "accumulate"  # add it to the node's accumulator, upload nothing
-    UPLOAD = "upload"  # add it and upload the accumulator, which is then cleared
-
 
 ConfigValue = Scalar | list[float] | list[int]
 
@@ -68,19 +70,46 @@ class RoundPlan:
     for the new global mask).
     """
 
-    importance: ImportanceRequest = ImportanceRequest.OFF
     client_config: Mapping[str, ConfigValue] = field(default_factory=dict)
     client_masks: bool = False
 
 
 @dataclass(frozen=True)
 class ClientReport:
-    """What one accepted training reply tells the method: its mask, weight and statistics."""
+    """What one training reply tells the method: its weight, mask, update and statistics.
+
+    ``values`` are the client's trained values at its mask (the received one unless
+    ``mask`` is set), whole, as the server decoded them; ``upload`` is the statistic
+    vector the client's hooks uploaded (:meth:`~common.training.TrainingHooks.upload`),
+    of :meth:`PruningMethod.upload_length`, finite, or None.
+    """
 
     partition_id: int
     weight: float
     mask: np.ndarray | None  # the client's own mask, when the plan asked for it
     extras: Mapping[str, float | list[float]]  # the reply's ``method.<key>`` metrics
+    values: np.ndarray | None = None
+    samples: int = 0  # samples the client processed this round
+    upload: np.ndarray | None = None
+    node_id: int = -1
+
+
+@dataclass(frozen=True)
+class RoundUpdate:
+    """A round's accepted replies, after aggregation, as :meth:`PruningMethod.merge_clients` sees them.
+
+    ``floats`` are the aggregated weights, ``mask`` the mask the round trained
+    under, ``sent_values`` the kept values the clients started from (exactly as
+    the server holds them) and ``lr`` the round's learning rate. ``reports`` are
+    in partition order.
+    """
+
+    server_round: int
+    floats: np.ndarray
+    mask: np.ndarray
+    sent_values: np.ndarray
+    lr: float
+    reports: list[ClientReport]
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,8 @@ class MethodEnv:
     input_shape: tuple[int, ...] = ()
     batch_size: int = 1
     statistic_factor: float = 10.0  # federation.statistic-factor: bound on one client's statistic
+    plain_sgd: bool = True  # no momentum nor weight decay: an update is exactly -lr * sum of gradients
+    aggregation: str = "mean"  # federation.aggregation: robust rules bound what updates imply too
 
 
 @dataclass(frozen=True)
@@ -168,6 +199,16 @@ class MethodSettings(Section):
     """Base of a method's settings; a method with none uses it as is."""
 
 
+@dataclass(frozen=True)
+class DensitySettings(MethodSettings):
+    """Settings of a method told the density it ends at: the kept fraction of prunable weights."""
+
+    target_density: float = 0.1
+
+    def validate(self) -> None:
+        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+
+
 class PruningMethod(ABC):
     """Base class: dense behaviour everywhere, so a method overrides only what it changes."""
 
@@ -211,21 +252,41 @@ class PruningMethod(ABC):
         """What the clients do in ``server_round``; by default plain masked training."""
         return RoundPlan()
 
-    def check_report(self, extras: Mapping[str, float | list[float]]) -> None:
-        """Raise ValueError if a reply's extra statistics are unusable (the reply is rejected)."""
-        if extras:
-            raise ValueError(f"unexpected method statistics {sorted(extras)}")
+    def task_entries(self, server_round: int, training: bool) -> dict[str, ConfigValue]:
+        """Entries every task message of the round carries, under the method's own names.
 
-    def merge_clients(
-        self, server_round: int, floats: np.ndarray, mask: np.ndarray, reports: list[ClientReport]
-    ) -> np.ndarray | None:
-        """The new global mask from the clients' own masks and statistics, or None to keep it.
-
-        Called after aggregation, before :meth:`reconfigure`; ``floats`` are the
-        aggregated weights. The default keeps the mask, or, when the clients chose
-        their own masks, takes their union (a weight survives while any client keeps it).
+        ``training`` is False for messages that train nothing (describe, evaluate,
+        initial pruning). The client's hooks receive them with the ``method.<key>``
+        entries of :meth:`round_plan`. Empty by default.
         """
-        masks = [r.mask for r in reports if r.mask is not None]
+        return {}
+
+    def upload_length(self, server_round: int, mask: np.ndarray) -> int | None:
+        """Length of the statistic vector each client uploads in ``server_round`` (None: none).
+
+        ``mask`` is the mask the round trains under. A reply with another length,
+        or with a vector when None, is rejected as ``bad-payload``.
+        """
+        return None
+
+    def check_report(self, report: ClientReport) -> None:
+        """Raise ValueError if a reply's statistics are unusable (the reply is rejected).
+
+        Called for every reply that is otherwise well-formed, before aggregation; by
+        default any extra statistic is unexpected.
+        """
+        if report.extras:
+            raise ValueError(f"unexpected method statistics {sorted(report.extras)}")
+
+    def merge_clients(self, update: RoundUpdate) -> np.ndarray | None:
+        """Merge a round's statistics; return the new global mask from them, or None to keep it.
+
+        Called after aggregation, before :meth:`reconfigure`, and only for a round
+        whose aggregate was used. The default keeps the mask, or, when the clients
+        chose their own masks, takes their union (a weight survives while any client
+        keeps it).
+        """
+        masks = [r.mask for r in update.reports if r.mask is not None]
         if not masks:
             return None
         return np.logical_or.reduce(masks)
@@ -235,18 +296,30 @@ class PruningMethod(ABC):
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
-        """Return a new mask after ``server_round``'s aggregation, or None to keep it."""
+        """Return a new mask after ``server_round``'s aggregation, or None to keep it.
+
+        ``floats`` are the aggregated weights, ``mask`` the mask in force (or the one
+        :meth:`merge_clients` returned); statistics the method merged are its own.
+        """
         return None
+
+    def clients_hold_state(self, server_round: int) -> bool:
+        """True if after ``server_round`` the nodes hold statistics the server lacks.
+
+        A restart would lose them (a resumed run's nodes start empty), so a
+        checkpoint due after such a round waits for the next one that is not. False
+        by default.
+        """
+        return False
 
     # -- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray | Scalar]:
         """The method's own server-side state for a checkpoint (arrays and scalars).
 
         Empty by default: a method whose decisions are functions of the round, the
-        model, the mask and the importance (PruneFL) keeps nothing of its own.
+        model and the mask (magnitude pruning) keeps nothing of its own.
         """
         return {}
 
@@ -259,6 +332,15 @@ class PruningMethod(ABC):
     def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
         """Client-side hooks for one round of local training; ``seed`` is this client's, this round's."""
         return TrainingHooks()
+
+
+class DensityPruning(PruningMethod):
+    """Base of a method that ends at ``pruning.<name>.target-density`` by construction."""
+
+    settings: DensitySettings
+
+    def target_density(self) -> float | None:
+        return self.settings.target_density
 
 
 def settings_dict(settings: MethodSettings) -> dict[str, Scalar]:

@@ -35,15 +35,14 @@ import numpy as np
 
 from ..cost_model import CostModel
 from ..layout import ModelLayout
-from .base import MethodSettings, PruningMethod
+from .base import DensityPruning, DensitySettings
 from .selection import keep_top, magnitude_scores
 
 
 @dataclass(frozen=True)
-class DropPruningSettings(MethodSettings):
+class DropPruningSettings(DensitySettings):
     PREFIX = "pruning.droppruning"
 
-    target_density: float = 0.1  # d*, reached exactly by the final prune
     interval: int = 1  # rounds between drop steps
     candidate_fraction: float = 0.2  # q, share of a layer's alive weights that are candidates
     drop_probability: float = 0.5  # p_out, chance that a candidate is pruned
@@ -58,7 +57,7 @@ class DropPruningSettings(MethodSettings):
         return self.drop_probability * self.candidate_fraction * d / (1.0 - d)
 
     def validate(self) -> None:
-        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+        super().validate()
         self.require("interval", self.interval >= 1, "an integer >= 1")
         self.require("candidate_fraction", 0 < self.candidate_fraction <= 1, "a fraction in (0, 1]")
         self.require("drop_probability", 0 < self.drop_probability <= 1, "a probability in (0, 1]")
@@ -106,15 +105,12 @@ def drop_step(
     return new
 
 
-class DropPruning(PruningMethod):
+class DropPruning(DensityPruning):
     """Stochastic drop-out / drop-in steps to a target density, then a final magnitude prune."""
 
     name = "droppruning"
     Settings = DropPruningSettings
     settings: DropPruningSettings
-
-    def target_density(self) -> float:
-        return self.settings.target_density
 
     @property
     def final_round(self) -> int:
@@ -125,7 +121,6 @@ class DropPruning(PruningMethod):
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
         s, layout = self.settings, self.env.layout

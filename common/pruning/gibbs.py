@@ -49,7 +49,14 @@ from ..bounds import median_clip_scales
 from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..training import TrainingHooks
-from .base import ClientReport, ConfigValue, MethodSettings, PruningMethod, RoundPlan, settings_dict
+from .base import (
+    ConfigValue,
+    DensityPruning,
+    DensitySettings,
+    RoundPlan,
+    RoundUpdate,
+    settings_dict,
+)
 from .channels import ChannelStructure, structure_for
 from .gibbs_sampling import MODES, Mode, deterministic_mask, sample_mask, unit_size
 from .selection import layer_count
@@ -57,10 +64,9 @@ from .shrink import ShrinkingHooks
 
 
 @dataclass(frozen=True)
-class GibbsSettings(MethodSettings):
+class GibbsSettings(DensitySettings):
     PREFIX = "pruning.gibbs"
 
-    target_density: float = 0.1  # 1 - p: kept fraction of weights, kernels or filters per layer
     mode: Mode = "unstructured"
     beta_start: float = 1.0  # the paper: 1 (unstructured, kernel), 10^-2.5 (filter)
     beta_end: float = 10000.0  # the paper: 1e4 (unstructured, kernel), 1 (filter)
@@ -74,7 +80,7 @@ class GibbsSettings(MethodSettings):
     fix_after_anneal: bool = True
 
     def validate(self) -> None:
-        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+        super().validate()
         self.require("mode", self.mode in MODES, f"one of {MODES}")
         self.require("beta_start", self.beta_start > 0, "a number > 0")
         self.require("beta_end", self.beta_end >= self.beta_start, "a number >= beta-start")
@@ -197,7 +203,7 @@ def final_mask(
     return mask
 
 
-class GibbsPruning(PruningMethod):
+class GibbsPruning(DensityPruning):
     """Gibbs pruning with round-annealed beta, client-side sampling and a deterministic final mask."""
 
     name = "gibbs"
@@ -226,9 +232,8 @@ class GibbsPruning(PruningMethod):
         config = {**settings_dict(self.settings), "phase": "sample", "beta": beta}
         return RoundPlan(client_config=config, client_masks=True)
 
-    def merge_clients(
-        self, server_round: int, floats: np.ndarray, mask: np.ndarray, reports: list[ClientReport]
-    ) -> np.ndarray | None:
+    def merge_clients(self, update: RoundUpdate) -> np.ndarray | None:
+        reports = update.reports
         masks = [r.mask for r in reports if r.mask is not None]
         if not masks:
             return None
@@ -255,7 +260,6 @@ class GibbsPruning(PruningMethod):
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
         if server_round != self.last_sampling_round:

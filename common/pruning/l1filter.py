@@ -17,18 +17,16 @@ the kept share of each group's channels; the output layer is never pruned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..layout import ModelLayout
-from ..training import TrainingHooks
-from .base import ConfigValue, RoundPlan
-from .channels import ChannelStructure, structure_for
+from .base import RoundPlan
+from .channels import ChannelStructure
 from .magnitude import ScheduledPruning, ScheduledSettings
 from .selection import layer_count
-from .shrink import ShrinkingHooks
+from .structured import StructuredPruning
 
 
 @dataclass(frozen=True)
@@ -65,17 +63,12 @@ def keep_channels(scores: list[np.ndarray], alive: list[np.ndarray], density: fl
     return keep
 
 
-class L1FilterPruning(ScheduledPruning):
+class L1FilterPruning(StructuredPruning, ScheduledPruning):
     """Structured pruning of the channels with the smallest filter L1 norms."""
 
     name = "l1-filter"
     Settings = L1FilterSettings
     settings: L1FilterSettings
-
-    @property
-    def structure(self) -> ChannelStructure:
-        env = self.env
-        return structure_for(env.model, env.num_classes, tuple(env.input_shape))
 
     def target_density(self) -> None:
         return None  # target-density is the share of channels kept, not of weights
@@ -89,6 +82,3 @@ class L1FilterPruning(ScheduledPruning):
 
     def round_plan(self, server_round: int) -> RoundPlan:
         return RoundPlan(client_config={"shrink": True})
-
-    def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
-        return ShrinkingHooks(self.structure) if client_config.get("shrink") else TrainingHooks()

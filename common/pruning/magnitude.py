@@ -26,7 +26,7 @@ import numpy as np
 
 from ..cost_model import CostModel
 from ..settings import ConfigError, key_name
-from .base import InitialData, InitialPruning, MethodSettings, PruningMethod
+from .base import DensityPruning, DensitySettings, InitialData, InitialPruning
 from .schedules import SCHEDULES, DensitySchedule, Geometric, OneShot, Polynomial
 from .selection import SCOPES, Scope, keep_top, magnitude_scores
 
@@ -34,10 +34,9 @@ ScheduleName = Literal["one-shot", "polynomial", "geometric"]
 
 
 @dataclass(frozen=True)
-class ScheduledSettings(MethodSettings):
+class ScheduledSettings(DensitySettings):
     """A target density reached by a schedule of rounds (shared by schedule-driven methods)."""
 
-    target_density: float = 0.1
     schedule: ScheduleName = "one-shot"
     begin_round: int = 0  # one-shot: the pruning round; iterative: the first pruning round
     end_round: int = 0  # iterative: the round the target is reached (0 = half the run)
@@ -45,7 +44,7 @@ class ScheduledSettings(MethodSettings):
     power: float = 3.0  # polynomial: exponent (TF-MOT's default 3)
 
     def validate(self) -> None:
-        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+        super().validate()
         self.require("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}")
         self.require("begin_round", self.begin_round >= 0, "a round >= 0 (0 = the initial model)")
         self.require("end_round", self.end_round >= 0, "a round >= 0 (0 = half the run)")
@@ -79,7 +78,7 @@ class MagnitudeSettings(ScheduledSettings):
         self.require("scope", self.scope in SCOPES, f"one of {SCOPES}")
 
 
-class ScheduledPruning(PruningMethod):
+class ScheduledPruning(DensityPruning):
     """A method that prunes the server's model to its schedule's density, at the schedule's rounds.
 
     Round 0 is initialisation (a one-shot schedule at ``begin-round = 0`` prunes
@@ -92,9 +91,6 @@ class ScheduledPruning(PruningMethod):
     @property
     def schedule(self) -> DensitySchedule:
         return self.settings.make_schedule(self.env.num_rounds)
-
-    def target_density(self) -> float | None:
-        return self.settings.target_density
 
     def prune_to(self, density: float, floats: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The mask at ``density`` for the weights ``floats``, within ``mask``."""
@@ -114,7 +110,6 @@ class ScheduledPruning(PruningMethod):
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
         return self._scheduled(server_round, floats, mask)

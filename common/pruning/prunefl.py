@@ -14,15 +14,18 @@ Federated Learning on Edge Devices", IEEE TNNLS 2022 (arXiv 1909.12326).
   reconfigures every ΔR = ``reconfig-interval`` rounds on the aggregated weights
   with S = sum_c S_c and dtp(t) = dtp0 * 0.5 ** (t / half-life).
 
-Both stages call :func:`~common.pruning.reconfiguration.reconfigure_mask`.
-With every client in every round, clients accumulate S_c locally and upload it
-only in reconfiguration rounds, as the authors do; with client sampling, each
-participant uploads its statistic in the round it trains, so that no per-client
-accumulator of model size outlives a round.
+Both stages call :func:`~common.pruning.reconfiguration.reconfigure_mask`. The
+FL stage's statistic, what clients compute and upload and how the server merges
+it, is in :mod:`common.pruning.prunefl_importance`: with every client in every
+round, clients accumulate S_c locally and upload it only in reconfiguration
+rounds, as the authors do; with client sampling, each participant uploads its
+statistic in the round it trains, so that no per-client accumulator of model size
+outlives a round.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,16 +33,26 @@ import numpy as np
 
 from ..cost_model import CostModel
 from ..layout import ModelLayout
-from ..training import GradientStatistic, masked_accuracy, train_locally
+from ..settings import Scalar
+from ..training import GradientStatistic, TrainingHooks, masked_accuracy, train_locally
 from .base import (
-    ImportanceRequest,
+    ClientReport,
+    ConfigValue,
     InitialData,
     InitialDataSpec,
     InitialPruning,
     InitialPruningStep,
+    MethodEnv,
     MethodSettings,
     PruningMethod,
-    RoundPlan,
+    RoundUpdate,
+)
+from .prunefl_importance import (
+    ImportanceAccumulator,
+    Request,
+    client_hooks,
+    statistic_positions,
+    task_entries,
 )
 from .reconfiguration import reconfigure_mask, removal_cap
 
@@ -85,11 +98,20 @@ class PruneFLSettings(MethodSettings):
 
 
 class PruneFL(PruningMethod):
-    """Adaptive pruning with PruneFL's importance-per-time greedy."""
+    """Adaptive pruning with PruneFL's importance-per-time greedy.
+
+    The server side owns the importance sum S (an
+    :class:`~common.pruning.prunefl_importance.ImportanceAccumulator`), merged from
+    every accepted reply and taken by each reconfiguration.
+    """
 
     name = "prunefl"
     Settings = PruneFLSettings
     settings: PruneFLSettings
+
+    def __init__(self, settings: PruneFLSettings, env: MethodEnv) -> None:
+        super().__init__(settings, env)
+        self.importance = ImportanceAccumulator(env.layout)
 
     def needs_initial_data(self) -> bool:
         return self.settings.initial_pruning != "off"
@@ -106,26 +128,64 @@ class PruneFL(PruningMethod):
     def is_reconfiguration_round(self, server_round: int) -> bool:
         return server_round % self.settings.reconfig_interval == 0
 
-    def round_plan(self, server_round: int) -> RoundPlan:
+    def request(self, server_round: int) -> Request:
+        """What the round's clients do with S_c: keep it on the node, or upload their sum."""
         if self.env.full_participation and not self.is_reconfiguration_round(server_round):
-            return RoundPlan(importance=ImportanceRequest.ACCUMULATE)
-        return RoundPlan(importance=ImportanceRequest.UPLOAD)
+            return "accumulate"
+        return "upload"
 
+    # -- the statistic: task entries, uploads, merging, checkpoints -----------------------------
+    def task_entries(self, server_round: int, training: bool) -> dict[str, ConfigValue]:
+        return task_entries(self.request(server_round) if training else "off", self.env.plain_sgd)
+
+    def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
+        return client_hooks(client_config)
+
+    def upload_length(self, server_round: int, mask: np.ndarray) -> int | None:
+        if self.request(server_round) != "upload":
+            return None
+        return len(statistic_positions(self.env.layout, mask, self.env.plain_sgd))
+
+    def check_report(self, report: ClientReport) -> None:
+        super().check_report(report)
+        if report.upload is not None and bool((report.upload < 0).any()):
+            raise ValueError("the uploaded importance holds negative values; n * G ** 2 is >= 0")
+
+    def merge_clients(self, update: RoundUpdate) -> np.ndarray | None:
+        env = self.env
+        self.importance.merge(update, env.plain_sgd, env.aggregation != "mean", env.statistic_factor)
+        return None
+
+    def clients_hold_state(self, server_round: int) -> bool:
+        return self.request(server_round) == "accumulate"
+
+    def state_dict(self) -> dict[str, np.ndarray | Scalar]:
+        """The server's importance sum S (the clients' sums are never checkpointed)."""
+        state = self.importance.state_dict()
+        return {"importance": state["values"], "contributions": state["contributions"]}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray | Scalar]) -> None:
+        if set(state) != {"importance", "contributions"}:
+            raise ValueError(f"a PruneFL checkpoint holds its importance sum, not {sorted(state)}")
+        self.importance.load_state_dict(
+            {"values": state["importance"], "contributions": state["contributions"]}
+        )
+
+    # -- reconfiguration -------------------------------------------------------------------------
     def reconfigure(
         self,
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
-        if importance is None or not self.is_reconfiguration_round(server_round):
+        if not self.is_reconfiguration_round(server_round):
             return None
         dtp = removal_cap(server_round, self.settings.max_removal, self.settings.removal_half_life)
         return reconfigure_mask(
             floats,
             mask,
-            importance,
+            self.importance.take(),
             self.env.layout,
             cost.coefficients(),
             cost.constant,

@@ -13,31 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import InitialData, InitialPruning, MethodSettings, PruningMethod
+from .base import DensityPruning, DensitySettings, InitialData, InitialPruning
 from .selection import SCOPES, Scope, keep_top, random_scores
 
 
 @dataclass(frozen=True)
-class RandomSettings(MethodSettings):
+class RandomSettings(DensitySettings):
     PREFIX = "pruning.random"
 
-    target_density: float = 0.1  # kept fraction of the prunable weights
     scope: Scope = "layer"  # "layer": every tensor at the density; "global": over all weights
 
     def validate(self) -> None:
-        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+        super().validate()
         self.require("scope", self.scope in SCOPES, f"one of {SCOPES}")
 
 
-class RandomPruning(PruningMethod):
+class RandomPruning(DensityPruning):
     """A fixed, uniformly random mask drawn before round 1."""
 
     name = "random"
     Settings = RandomSettings
     settings: RandomSettings
-
-    def target_density(self) -> float:
-        return self.settings.target_density
 
     def initial_mask(self, floats: np.ndarray, mask: np.ndarray, data: InitialData | None) -> InitialPruning:
         layout = self.env.layout

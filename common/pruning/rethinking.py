@@ -40,10 +40,8 @@ from ..flops import forward_macs, positions_for
 from ..layout import ModelLayout
 from ..models import build_model
 from ..settings import ConfigError, flatten, key_name
-from ..training import TrainingHooks
-from .base import ConfigValue, InitialData, InitialPruning, MethodSettings, PruningMethod, RoundPlan
-from .channels import ChannelStructure, structure_for
-from .shrink import ShrinkingHooks
+from .base import InitialData, InitialPruning, MethodSettings, RoundPlan
+from .structured import StructuredPruning
 
 Regime = Literal["finetune", "scratch-e", "scratch-b", "lottery", "random-reinit"]
 REGIMES = ("finetune", "scratch-e", "scratch-b", "lottery", "random-reinit")
@@ -127,7 +125,7 @@ def sparse_he_normal(layout: ModelLayout, mask: np.ndarray, floats: np.ndarray, 
     return out
 
 
-class Rethinking(PruningMethod):
+class Rethinking(StructuredPruning):
     """A finished run's final mask, trained again under one of Rethinking's regimes."""
 
     name = "rethinking"
@@ -142,11 +140,6 @@ class Rethinking(PruningMethod):
                 "source", self.settings.source, f"a run of model {self.env.model!r}, not {source.model!r}"
             )
         return source
-
-    @cached_property
-    def structure(self) -> ChannelStructure:
-        env = self.env
-        return structure_for(env.model, env.num_classes, tuple(env.input_shape))
 
     def target_density(self) -> float:
         return self.env.layout.density(self.source.mask)
@@ -187,6 +180,3 @@ class Rethinking(PruningMethod):
     def round_plan(self, server_round: int) -> RoundPlan:
         shrink = bool(self.env.model) and self.structure.is_channel_mask(self.source.mask, self.env.layout)
         return RoundPlan(client_config={"shrink": shrink})
-
-    def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
-        return ShrinkingHooks(self.structure) if client_config.get("shrink") else TrainingHooks()

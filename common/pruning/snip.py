@@ -21,15 +21,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .base import InitialData, InitialDataSpec, InitialPruning, MethodSettings, PruningMethod
+from .base import (
+    DensityPruning,
+    DensitySettings,
+    InitialData,
+    InitialDataSpec,
+    InitialPruning,
+)
 from .selection import SCOPES, Scope, keep_top
 
 
 @dataclass(frozen=True)
-class SnipSettings(MethodSettings):
+class SnipSettings(DensitySettings):
     PREFIX = "pruning.snip"
 
-    target_density: float = 0.1
     scope: Scope = "global"
     initial_pruning: Literal["server", "client"] = "server"  # where the saliency is computed
     ip_client: int = 0  # partition whose data it uses
@@ -37,7 +42,7 @@ class SnipSettings(MethodSettings):
     ip_batch_size: int = 20
 
     def validate(self) -> None:
-        self.require("target_density", 0 < self.target_density <= 1, "a density in (0, 1]")
+        super().validate()
         self.require("scope", self.scope in SCOPES, f"one of {SCOPES}")
         self.require("ip_client", self.ip_client >= 0, "a partition id >= 0")
         self.require("ip_batches", self.ip_batches >= 1, "an integer >= 1")
@@ -49,15 +54,12 @@ def connection_sensitivity(floats: np.ndarray, gradient: np.ndarray) -> np.ndarr
     return np.abs(floats.astype(np.float64) * gradient.astype(np.float64))
 
 
-class Snip(PruningMethod):
+class Snip(DensityPruning):
     """A fixed mask from |w * g| at initialisation, on one client's batches."""
 
     name = "snip"
     Settings = SnipSettings
     settings: SnipSettings
-
-    def target_density(self) -> float:
-        return self.settings.target_density
 
     def needs_initial_data(self) -> bool:
         return True

@@ -48,9 +48,16 @@ from ..flops import positions_for
 from ..layout import ModelLayout
 from ..settings import Scalar
 from ..training import TrainingHooks
-from .base import ClientReport, ConfigValue, MethodSettings, PruningMethod, RoundPlan, settings_dict
-from .channels import ChannelStructure, structure_for
-from .shrink import ShrinkingHooks
+from .base import (
+    ClientReport,
+    ConfigValue,
+    MethodSettings,
+    RoundPlan,
+    RoundUpdate,
+    settings_dict,
+)
+from .channels import ChannelStructure
+from .structured import StructuredPruning
 
 
 class TrainableGate(torch.autograd.Function):
@@ -203,7 +210,7 @@ def project_to_budget(
     return keep
 
 
-class TrainableGates(PruningMethod):
+class TrainableGates(StructuredPruning):
     """TGF: channel gates trained with the weights under a FLOPs or parameter budget."""
 
     name = "tgf"
@@ -213,11 +220,6 @@ class TrainableGates(PruningMethod):
     def __init__(self, settings: MethodSettings, env) -> None:  # type: ignore[no-untyped-def]
         super().__init__(settings, env)
         self._gates: np.ndarray | None = None
-
-    @property
-    def structure(self) -> ChannelStructure:
-        env = self.env
-        return structure_for(env.model, env.num_classes, tuple(env.input_shape))
 
     @property
     def costs(self) -> list[float]:
@@ -252,7 +254,8 @@ class TrainableGates(PruningMethod):
         config = {**settings_dict(self.settings), "phase": "search", "gates": self.gates.tolist()}
         return RoundPlan(client_config=config)
 
-    def check_report(self, extras: Mapping[str, float | list[float]]) -> None:
+    def check_report(self, report: ClientReport) -> None:
+        extras = report.extras
         unknown = set(extras) - {"gates"}
         if unknown:
             raise ValueError(f"unexpected method statistics {sorted(unknown)}")
@@ -261,10 +264,8 @@ class TrainableGates(PruningMethod):
             if gates.shape != self.gates.shape or not np.isfinite(gates).all():
                 raise ValueError(f"gates must be {len(self.gates)} finite numbers, got shape {gates.shape}")
 
-    def merge_clients(
-        self, server_round: int, floats: np.ndarray, mask: np.ndarray, reports: list[ClientReport]
-    ) -> np.ndarray | None:
-        reported = [(r.weight, np.asarray(r.extras["gates"])) for r in reports if "gates" in r.extras]
+    def merge_clients(self, update: RoundUpdate) -> np.ndarray | None:
+        reported = [(r.weight, np.asarray(r.extras["gates"])) for r in update.reports if "gates" in r.extras]
         if reported:
             reported = self._bounded(reported)
             total = sum(w for w, _ in reported)
@@ -302,7 +303,6 @@ class TrainableGates(PruningMethod):
         server_round: int,
         floats: np.ndarray,
         mask: np.ndarray,
-        importance: np.ndarray | None,
         cost: CostModel,
     ) -> np.ndarray | None:
         if server_round != self.search_rounds:
@@ -313,6 +313,4 @@ class TrainableGates(PruningMethod):
         if client_config.get("phase") == "search":
             gates = np.asarray(client_config["gates"], dtype=np.float32)
             return GateHooks(self.structure, gates, self.settings, self.costs)
-        if client_config.get("shrink"):
-            return ShrinkingHooks(self.structure)
-        return TrainingHooks()
+        return super().training_hooks(client_config, seed)

@@ -63,7 +63,7 @@ class ModelPayload:
     values: np.ndarray
     counters: np.ndarray
     mask: np.ndarray | None = None  # the full mask (over the layout's floats), when it travels
-    importance: np.ndarray | None = None
+    statistic: np.ndarray | None = None  # a method's uploaded vector (PruneFL's importance)
     relative: bool = False  # values are an update relative to a reference both ends hold
 
 
@@ -123,8 +123,8 @@ def encode_payload(
         arrays[COUNTERS] = counters_array(payload.counters)
     if payload.mask is not None:
         arrays[MASK] = mask_array(layout, payload.mask, fmt, base, base_version, kept)
-    if payload.importance is not None:
-        arrays[IMPORTANCE] = importance_array(payload.importance, fmt)
+    if payload.statistic is not None:
+        arrays[IMPORTANCE] = importance_array(payload.statistic, fmt)
     return ArrayRecord(arrays)
 
 
@@ -173,11 +173,15 @@ def decode_payload(
     record: ArrayRecord,
     layout: ModelLayout,
     mask: np.ndarray,
-    importance_length: int | None = None,
+    statistic_length: int | None = None,
     reference: np.ndarray | None = None,
     expected: WireFormat | None = None,
 ) -> ModelPayload:
-    """Decode values (and importance) against ``mask``, the mask in force.
+    """Decode values (and the method's statistic vector) against ``mask``, the mask in force.
+
+    The statistic vector travels in the ``importance`` section (PruneFL's is the
+    only one today), in ``wire.importance``'s format; ``statistic_length`` is its
+    expected length, None when none may come.
 
     The caller resolves ``mask`` first (from :func:`decode_mask` or its cache).
     Values sent relative to a reference (a lossy update) are added to
@@ -209,16 +213,16 @@ def decode_payload(
         counters = np.frombuffer(data, dtype="<i8").astype(np.int64)
     elif COUNTERS in record:
         raise WireError("array 'counters' was sent for a model without integer buffers")
-    importance = None
-    if importance_length is not None:
+    statistic = None
+    if statistic_length is not None:
         section = _section(record, IMPORTANCE)
         require_format(section, "array 'importance'", None if expected is None else expected.importance)
-        importance, importance_relative = decode_values(section, importance_length, "array 'importance'")
-        if importance_relative:
+        statistic, relative = decode_values(section, statistic_length, "array 'importance'")
+        if relative:
             raise WireError("array 'importance' cannot be relative")
     elif IMPORTANCE in record:
         raise WireError("array 'importance' was not asked for")
-    return ModelPayload(values=values, counters=counters, importance=importance)
+    return ModelPayload(values=values, counters=counters, statistic=statistic)
 
 
 def payload_info(record: ArrayRecord) -> PayloadInfo:
