@@ -1,1 +1,1 @@
-"""The ClientApp: local training under the mask, importance, evaluation."""
+"""The ClientApp: local training under the mask with the pruning method's hooks, evaluation."""

@@ -532,10 +532,10 @@ class PruningFedAvg(Strategy):
     def _checkpoint_if_due(self, server_round: int) -> None:
         """Write a checkpoint when one is due and no node holds statistics the server lacks.
 
-        Under full participation PruneFL's clients keep their importance sums between
-        reconfigurations (:meth:`~common.pruning.PruningMethod.clients_hold_state`); a
-        restart would lose them, so a checkpoint waits for the next round after
-        which they hold none.
+        A method may leave statistics on the nodes between rounds (PruneFL's sums
+        under full participation: :meth:`~common.pruning.PruningMethod.clients_hold_state`);
+        a restart would lose them, so a checkpoint waits for the next round after
+        which the nodes hold none.
         """
         if server_round > 0:
             self.clients_hold_state = self.method.clients_hold_state(server_round)

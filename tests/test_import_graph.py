@@ -91,3 +91,17 @@ def test_the_layers_point_one_way():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_generic_round_code_names_no_methods_statistic():
+    """The strategy, the ClientApp and the node state carry a method's statistics unread:
+    PruneFL's importance is named only in its own files (``common/pruning/prunefl*.py``)."""
+    generic = ["server/strategy.py", "client/app.py", "server/mask_ledger.py"]
+    for path in generic:
+        text = (REPO / path).read_text(encoding="utf-8").lower()
+        assert "importance" not in text, path
+    imports = import_graph()
+    for module in ("server.strategy", "client.app", "client.node_state"):
+        assert not any(
+            m.startswith("common.pruning.") and m != "common.pruning.base" for m in imports[module]
+        ), module
