@@ -43,6 +43,7 @@ class FederationSettings(Section):
     clip_factor: float = 2.0  # clip: updates clipped to this multiple of the round's median update norm
     trim_fraction: float = 0.2  # trimmed-mean: share of the weight cut at each end, per position
     outlier_factor: float = 10.0  # replies whose update norm exceeds this multiple of the model's: outlier
+    outlier_median_factor: float = 4.0  # ... or this multiple of the round's median update norm (0 = off)
     statistic_factor: float = 10.0  # a client's statistic is clipped to this multiple of the round's median
 
     def validate(self) -> None:
@@ -55,6 +56,11 @@ class FederationSettings(Section):
         self.require("clip_factor", self.clip_factor > 0, "a multiple of the median update norm > 0")
         self.require("trim_fraction", 0 <= self.trim_fraction < 0.5, "a fraction in [0, 0.5)")
         self.require("outlier_factor", self.outlier_factor > 0, "a multiple of the model's norm > 0")
+        self.require(
+            "outlier_median_factor",
+            self.outlier_median_factor == 0 or self.outlier_median_factor > 1,
+            "a multiple of the round's median update norm > 1, or 0 (off)",
+        )
         self.require("statistic_factor", self.statistic_factor >= 1, "a multiple of the median >= 1")
         if self.clients_per_round:
             self.require(

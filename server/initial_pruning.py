@@ -44,6 +44,7 @@ from .heartbeat import PROGRESS_INTERVAL_S, Heartbeat
 from .messenger import Messenger
 from .nodes import NodeBook
 from .progress import RunProgress
+from .replies import NO_REPLY, collect_replies
 from .validation import (
     MAX_COUNT,
     Exchange,
@@ -161,6 +162,17 @@ def _checked_reply(
     return mask, payload.values, info, iterations, modelled
 
 
+@dataclass
+class IPReply:
+    """A usable initial-pruning reply: its mask, kept values, log, iterations, modelled seconds."""
+
+    mask: np.ndarray
+    values: np.ndarray
+    info: ConfigRecord
+    iterations: int
+    modelled: float
+
+
 def _adopt(model: GlobalModel, result: InitialPruning) -> None:
     if result.floats is not None:
         model.floats = result.floats.astype(np.float32)
@@ -236,27 +248,32 @@ def _on_client(
     exchange = Exchange(
         0, keys.INITIAL_PRUNING, {node.node_id: node}, [message], max_reply_bytes(model.layout)
     )
-    problems = []
-    for reply in replies:
-        measured = messenger.measure(reply)
-        mask = None
-        try:
-            exchange.accept_origin(reply, measured.total)
-            if reply.has_error():
-                raise InitialPruningError(f"node {node.node_id} failed initial pruning: {reply.error.reason}")
-            mask, values, info, iterations, modelled = _checked_reply(reply, model, messenger)
-            break
-        except RejectedReply as exc:
-            problems.append(str(exc))
-        finally:  # its bytes count whatever the outcome; the decoded mask gives its bound
-            messenger.log_reply(reply, 0, "initial-pruning", exchange.sender(reply), measured, mask)
-    else:
-        if not replies:
-            raise InitialPruningError(f"node {node.node_id} did not answer within federation.round-timeout")
+    problems: list[str] = []
+
+    def failed(node_id: int, reason: str) -> None:
+        if reason == NO_REPLY and not problems:
+            raise InitialPruningError(f"node {node_id} did not answer within federation.round-timeout")
+        if reason != NO_REPLY:
+            raise InitialPruningError(f"node {node_id} failed initial pruning: {reason}")
+
+    def decode(reply: Message, values_bytes: int) -> IPReply:
+        return IPReply(*_checked_reply(reply, model, messenger))
+
+    accepted = collect_replies(
+        exchange,
+        replies,
+        messenger,
+        "initial-pruning",
+        decode,
+        failed,
+        lambda node_id, exc: problems.append(str(exc)),
+    )
+    if not accepted:
         raise InitialPruningError(f"node {node.node_id} sent no usable reply: {'; '.join(problems)}")
+    ip = accepted[0]
     floats = model.floats.copy()
-    floats[mask] = values
-    _adopt(model, InitialPruning(mask=mask, floats=floats, iterations=iterations))
+    floats[ip.mask] = ip.values
+    _adopt(model, InitialPruning(mask=ip.mask, floats=floats, iterations=ip.iterations))
     # the node holds its mask as next_version; if the mask did not change, that version
     # does not exist here and the node is sent the mask with its first message
     if model.mask_version == next_version:
@@ -266,7 +283,7 @@ def _on_client(
         partition_id=spec.partition_id,
         node_id=node.node_id,
         density=model.density,
-        modelled_seconds=modelled,
-        iterations=iterations,
-        log={k: v for k, v in info.items() if k not in ("iterations", "modelled-seconds")},  # type: ignore[misc]
+        modelled_seconds=ip.modelled,
+        iterations=ip.iterations,
+        log={k: v for k, v in ip.info.items() if k not in ("iterations", "modelled-seconds")},  # type: ignore[misc]
     )

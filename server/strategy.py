@@ -57,12 +57,12 @@ from .nodes import NodeBook, NodeInfo
 from .phases import ClientPhases
 from .progress import RunProgress
 from .recorder import RoundRecorder
+from .replies import collect_replies
 from .results import ResultsWriter, RoundRow
 from .robust import aggregate_counters, aggregate_masked, robust_average
 from .validation import Exchange, RejectedReply
 
 STALE_MASK = "stale-mask"  # prefix of a client's error reason when it lacks the mask
-NO_REPLY = "no reply to this round's message within federation.round-timeout"
 Decoded = TypeVar("Decoded")
 
 
@@ -76,6 +76,7 @@ class TrainReply:
     weight: float
     loss: float
     values_bytes: int = 0  # measured bytes of the reply's values
+    update_norm: float = 0.0  # ||w_c - w_start||_2 over the values the client trained
     mask: np.ndarray | None = None  # the client's own mask, when the round's plan asks for it
     extras: dict[str, float | list[float]] = field(default_factory=dict)  # method.<key> metrics
     phases: ClientPhases | None = None  # the client's own phase timings, when it reports them
@@ -257,7 +258,7 @@ class PruningFedAvg(Strategy):
         if payload.statistic is not None:
             validation.finite_array("statistic", payload.statistic)
         start = self.sent_values if client_mask is None else self.model.floats[client_mask]
-        validation.bounded_update(
+        update_norm = validation.bounded_update(
             payload.values, start, self.model_norm, self.config.federation.outlier_factor
         )
         decoded = TrainReply(
@@ -271,6 +272,7 @@ class PruningFedAvg(Strategy):
             mask=client_mask,
             extras=extras,
             phases=validation.client_phases(metrics),
+            update_norm=update_norm,
         )
         try:
             self.method.check_report(decoded.report())
@@ -285,47 +287,51 @@ class PruningFedAvg(Strategy):
         replies: Iterable[Message],
         decode: Callable[[Message, int], Decoded],
     ) -> list[Decoded]:
-        """The one accept loop: measure each reply, check its origin, decode it; count the rest.
-
-        A reply is measured, matched against the phase's
-        :class:`~server.validation.Exchange` and decoded, then logged with its bytes
-        and bound whatever the outcome (every byte that arrived counts); an error
-        reply is a failure, a reply that fails a check is rejected (once), and an
-        addressed node that sent nothing is a failure too. ``decode`` gets the
-        reply and its measured value bytes and raises ``RejectedReply``.
-        """
-        accepted: list[Decoded] = []
-        exchange = self.exchanges[phase]
-        for reply in replies:
-            node_id = exchange.sender(reply)
-            measured = self.messenger.measure(reply)
-            decoded = None
-            try:
-                exchange.accept_origin(reply, measured.total)
-                if reply.has_error():
-                    self._failed(server_round, phase, node_id, reply.error.reason)
-                    continue
-                decoded = decode(reply, measured.values)
-                accepted.append(decoded)
-            except RejectedReply as exc:
-                self._reject(server_round, phase, node_id, exc)
-            finally:  # every reply's bytes count; a decoded mask is not decoded again for its bound
-                mask = getattr(decoded, "mask", None)
-                self.messenger.log_reply(reply, server_round, phase, node_id, measured, mask)
-        for node_id in sorted(exchange.missing()):
-            self._failed(server_round, phase, node_id, NO_REPLY)
-        return accepted
+        """The phase's replies through the one accept loop (:func:`server.replies.collect_replies`)."""
+        return collect_replies(
+            self.exchanges[phase],
+            replies,
+            self.messenger,
+            phase,
+            decode,
+            lambda node_id, reason: self._failed(server_round, phase, node_id, reason),
+            lambda node_id, exc: self._reject(server_round, phase, node_id, exc),
+        )
 
     def _decode_train(self, reply: Message, values_bytes: int) -> TrainReply:
         decoded = self.decode_train_reply(reply)
         decoded.values_bytes = values_bytes
         return decoded
 
+    def _without_outliers(self, server_round: int, accepted: list[TrainReply]) -> list[TrainReply]:
+        """The replies whose update norm is at most ``federation.outlier-median-factor`` x the median's.
+
+        ||w_c - w_start||_2 > F * median_c' ||w_c' - w_start||_2 is no local training of
+        the round's kind: such a reply is rejected as ``outlier``, like one against the
+        model's norm. With two replies the ratio cannot exceed 2, so the check needs
+        three or more; a client moves the aggregate by at most its weight's share of
+        F times the median update. F = 0 turns it off.
+        """
+        factor = self.config.federation.outlier_median_factor
+        norms = [r.update_norm for r in accepted]
+        kept = []
+        for r, outlier in zip(accepted, validation.median_outliers(norms, factor), strict=True):
+            if outlier:
+                detail = (
+                    f"update norm {r.update_norm:.4g} is more than federation.outlier-median-factor = "
+                    f"{factor:g} times the round's median {float(np.median(norms)):.4g}"
+                )
+                self._reject(server_round, "train", r.node.node_id, RejectedReply("outlier", detail))
+            else:
+                kept.append(r)
+        return kept
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         with self.clock.phase("decode"):
             accepted = self._collect(server_round, "train", replies, self._decode_train)
+            accepted = self._without_outliers(server_round, accepted)
         self.client_phases = [r.phases for r in accepted if r.phases is not None]
         self._update_round_time(server_round, accepted)
         if len(accepted) < self.config.federation.min_clients:

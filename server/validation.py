@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,6 +205,18 @@ def bounded_update(values: np.ndarray, start: np.ndarray, model_norm: float, fac
             f"the model's norm {model_norm:.4g}",
         )
     return norm
+
+
+def median_outliers(norms: Sequence[float], factor: float) -> list[bool]:
+    """True for each update norm above ``factor`` times the median of ``norms`` (factor 0: none).
+
+    The median of two norms is their mean, which neither exceeds twice, so with
+    ``factor`` >= 2 at least three replies are needed for any to stand out.
+    """
+    if factor == 0 or not norms:
+        return [False] * len(norms)
+    median = float(np.median(norms))
+    return [norm > factor * median for norm in norms]
 
 
 # -- records and metrics -----------------------------------------------------------

@@ -327,3 +327,14 @@ def test_a_dense_mask_cannot_take_over_a_gibbs_union():
     merged = method.merge_clients(RoundUpdate(1, zeros, layout.full_mask(), zeros, 0.1, reports))
     assert merged is not None
     assert np.array_equal(merged, np.logical_or.reduce(masks))  # the all-kept mask is left out
+
+
+def test_an_update_above_the_median_factor_is_an_outlier_and_one_just_below_is_not():
+    from server.validation import median_outliers
+
+    # median of [1, 1, 1, 5] is 1: 5 > 4 x 1; [1, 1, 1, 3.9]: 3.9 <= 4
+    assert median_outliers([1.0, 1.0, 1.0, 5.0], 4.0) == [False, False, False, True]
+    assert median_outliers([1.0, 1.0, 1.0, 3.9], 4.0) == [False] * 4
+    # two replies: the median is their mean, which neither exceeds twice
+    assert median_outliers([0.0, 1e30], 4.0) == [False, False]
+    assert median_outliers([1.0, 1.0, 1.0, 5.0], 0.0) == [False] * 4  # off
