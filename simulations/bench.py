@@ -99,7 +99,8 @@ class Targets:
 
     ``time_ratio``: at most this fraction of dense FedAvg's modelled time to the target
     accuracy (under the preset's first profile); ``bytes_ratio``: of its bytes to the
-    target; ``overhead``: the share of the round wall time not spent in local training.
+    target; ``overhead``: the share of the round wall time not spent in local training, the
+    server's test-set evaluation left out (:func:`share_not_training`).
     """
 
     time_ratio: float | None = None
@@ -442,6 +443,19 @@ def environment(load_before: float | None = None) -> dict[str, str]:
 
 
 # -- framework overhead from phases.csv ------------------------------------------------------
+def share_not_training(wall_s: float, training_s: float, evaluate_s: float) -> float:
+    """The share of the rounds' wall time not in local training, the server's evaluation left out.
+
+    ``1 - training / (wall - evaluate)`` over seconds summed across rounds: the
+    share a round shows without its test-set evaluation (a measurement, not FL,
+    reported on its own), so a slow evaluation does not dilute it. The issue's
+    overhead targets, this bench's report and ``python -m simulations.bench_overhead``
+    all use this one definition.
+    """
+    rest = wall_s - evaluate_s
+    return 1 - training_s / rest if rest > 0 else math.nan
+
+
 @dataclass(frozen=True)
 class Overhead:
     """A run's phase seconds summed over its rounds (``phases.csv``)."""
@@ -464,9 +478,8 @@ class Overhead:
 
     @property
     def not_training_nor_evaluating(self) -> float:
-        """The same, not counting the server's test-set evaluation (a measurement, not FL)."""
-        busy = self.training_wall_s + self.server.get("evaluate", 0.0)
-        return 1 - busy / self.wall_s if self.wall_s else math.nan
+        """The same with the server's test-set evaluation left out (:func:`share_not_training`)."""
+        return share_not_training(self.wall_s, self.training_wall_s, self.server.get("evaluate", 0.0))
 
     @property
     def rest_s(self) -> float:
@@ -543,8 +556,8 @@ def overhead_markdown(overheads: Sequence[Overhead]) -> str:
         "| **not in local training** | " + " | ".join(f"**{o.not_training:.1%}**" for o in overheads) + " |"
     )
     lines.append(
-        "| not in local training nor server evaluation | "
-        + " | ".join(f"{o.not_training_nor_evaluating:.1%}" for o in overheads)
+        "| **not in local training, server evaluation left out** (the targets' share) | "
+        + " | ".join(f"**{o.not_training_nor_evaluating:.1%}**" for o in overheads)
         + " |"
     )
     lines.append(
@@ -693,9 +706,10 @@ def targets_markdown(
             if o.label == BASELINE:
                 continue
             lines.append(
-                f"- `{o.label}`: share of the round wall time not in local training "
-                f"**{o.not_training:.1%}** (measured; target: under {targets.overhead:.0%}): "
-                f"{_verdict(o.not_training, targets.overhead)}"
+                f"- `{o.label}`: share of the round wall time not in local training, the server's "
+                f"evaluation left out, **{o.not_training_nor_evaluating:.1%}** (measured; target: under "
+                f"{targets.overhead:.0%}; {o.not_training:.1%} with the evaluation counted): "
+                f"{_verdict(o.not_training_nor_evaluating, targets.overhead)}"
             )
     short = [r.label for r in rows if math.isnan(r.bytes_to_target)]
     if short:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import threading
 
+import numpy as np
 import zstandard
 
 
@@ -42,9 +44,29 @@ class Reader:
             raise WireError(f"{self.what} has {len(self.data) - self.offset} bytes past its last section")
 
 
-def zstd_compress(data: bytes, level: int) -> bytes:
-    """One zstd frame that states its content size (the decoder insists on it)."""
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+_contexts = threading.local()  # zstd contexts are not thread-safe: one set per thread
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    compressors = _contexts.__dict__.setdefault("compressors", {})
+    if level not in compressors:
+        compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return compressors[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_contexts, "decompressor"):
+        _contexts.decompressor = zstandard.ZstdDecompressor()
+    return _contexts.decompressor
+
+
+def zstd_compress(data: bytes | memoryview | np.ndarray, level: int) -> bytes:
+    """One zstd frame that states its content size (the decoder insists on it).
+
+    The compression context is kept per thread and level: the frame is the same
+    as with a fresh context, without building one per call.
+    """
+    return _compressor(level).compress(data)
 
 
 def zstd_decompress(data: bytes, expected: int, what: str) -> bytes:
@@ -54,6 +76,8 @@ def zstd_decompress(data: bytes, expected: int, what: str) -> bytes:
     (which the caller derives from the layout), so a hostile frame can never make
     the receiver allocate more than the layout allows; libzstd refuses frames
     whose content exceeds the size they declare. Trailing bytes are an error.
+    The frame is decoded in one call into a buffer of the declared size (no
+    streaming, no joining of chunks), with a decompression context kept per thread.
     """
     try:
         declared = zstandard.frame_content_size(data)
@@ -61,11 +85,10 @@ def zstd_decompress(data: bytes, expected: int, what: str) -> bytes:
         raise WireError(f"{what}: not a zstd frame ({exc})") from exc
     if declared != expected:
         raise WireError(f"{what}: zstd frame declares {declared} bytes; expected {expected}")
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
     try:
-        out = decompressor.decompress(data)
+        out = _decompressor().decompress(data, allow_extra_data=False)
     except zstandard.ZstdError as exc:
-        raise WireError(f"{what}: corrupt zstd frame ({exc})") from exc
-    if not decompressor.eof or decompressor.unused_data or len(out) != expected:
+        raise WireError(f"{what}: corrupt or truncated zstd frame, or bytes after it ({exc})") from exc
+    if len(out) != expected:
         raise WireError(f"{what}: zstd frame is truncated or followed by extra bytes")
     return out

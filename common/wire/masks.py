@@ -40,7 +40,7 @@ import numpy as np
 
 from ..layout import ModelLayout, TensorSpec
 from .errors import Reader, WireError, zstd_compress, zstd_decompress
-from .golomb import decode_gaps, encode_gaps, gaps_to_positions, golomb_parameter, positions_to_gaps
+from .golomb import decode_positions, encode_gaps, golomb_parameter, positions_to_gaps
 
 FORMAT_VERSION = 1
 SECTION_HEADER = "<BQI"
@@ -110,14 +110,18 @@ def expected_golomb_bytes(n: int, count: int) -> float:
     return count * (1 + quotient + max(b - 1, 0) + long) / 8
 
 
-def encode_bits(bits: np.ndarray, level: int, set_positions: np.ndarray | None = None) -> CodedBits:
+def encode_bits(
+    bits: np.ndarray, level: int, set_positions: np.ndarray | None = None, offset: int = 0
+) -> CodedBits:
     """Code one tensor's bits (shaped bool array) with the smallest encoding.
 
-    ``set_positions`` are the flat positions of the set bits, when the caller has them.
+    ``set_positions`` are the flat positions of the set bits, when the caller has
+    them, plus ``offset`` (positions in a larger vector whose slice from ``offset``
+    is this tensor).
     """
     flat = bits.reshape(-1)
     n = flat.size
-    ones = int(np.count_nonzero(flat))
+    ones = len(set_positions) if set_positions is not None else int(np.count_nonzero(flat))
     if ones in (0, n):
         return CodedBits(CONSTANT, symbol=int(ones == n))
     axis = _channel_axis(bits)
@@ -133,44 +137,55 @@ def encode_bits(bits: np.ndarray, level: int, set_positions: np.ndarray | None =
     count = ones if symbol else n - ones
     if count <= MAX_COUNT and expected_golomb_bytes(n, count) < 0.99 * len(best.body):
         if symbol and set_positions is not None:
-            positions = set_positions
+            gaps = positions_to_gaps(set_positions, offset - 1)
         else:
-            positions = np.flatnonzero(flat if symbol else ~flat)
+            gaps = positions_to_gaps(np.flatnonzero(flat if symbol else ~flat))
         m = golomb_parameter(count / n)
-        body = encode_gaps(positions_to_gaps(positions), m)
+        body = encode_gaps(gaps, m)
         if len(body) < len(best.body):
             best = CodedBits(GOLOMB, symbol=symbol, m=m, count=count, body=body)
     return best
 
 
-def decode_bits(coded: CodedBits, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """The flat bool vector of a tensor of ``shape`` from its coded form."""
+def decode_bits(
+    coded: CodedBits, shape: tuple[int, ...], what: str, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The flat bool vector of a tensor of ``shape`` from its coded form.
+
+    With ``out`` (a flat bool array of the tensor's size, such as its slice of the
+    full mask) the bits are written there and ``out`` is returned: no copy. ``out``
+    may be partly written when a :class:`WireError` is raised.
+    """
     n = int(np.prod(shape, dtype=np.int64))
+    if out is None:
+        out = np.empty(n, dtype=bool)
+    elif out.shape != (n,) or out.dtype != bool or not out.flags.c_contiguous:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; expected contiguous ({n},) bool")
     if coded.encoding == CONSTANT:
         if coded.symbol not in (0, 1) or coded.body:
             raise WireError(f"{what}: a constant mask is 0 or 1 and carries no body")
-        return np.full(n, bool(coded.symbol))
-    if coded.encoding == CHANNELS:
+        out[:] = bool(coded.symbol)
+    elif coded.encoding == CHANNELS:
         axis = coded.symbol
         if axis >= min(len(shape), 2):
             raise WireError(f"{what}: channel axis {axis} does not exist for shape {shape}")
         channels = _unpack(coded.body, shape[axis], what)
         view = [1] * len(shape)
         view[axis] = shape[axis]
-        return np.broadcast_to(channels.reshape(view), shape).reshape(-1).copy()
-    if coded.encoding == BITMAP:
-        return _unpack(coded.body, n, what)
-    if coded.encoding == ZSTD:
-        return _unpack(zstd_decompress(coded.body, -(-n // 8), what), n, what)
-    if coded.encoding == GOLOMB:
+        out.reshape(shape)[...] = channels.reshape(view)
+    elif coded.encoding == BITMAP:
+        out[:] = _unpack(coded.body, n, what)
+    elif coded.encoding == ZSTD:
+        out[:] = _unpack(zstd_decompress(coded.body, -(-n // 8), what), n, what)
+    elif coded.encoding == GOLOMB:
         if coded.symbol not in (0, 1) or not 0 < coded.count <= n:
             raise WireError(f"{what}: Golomb stream of {coded.count} bits equal to {coded.symbol} in {n}")
-        gaps = decode_gaps(coded.body, coded.count, coded.m, n)
-        positions = gaps_to_positions(gaps, n)
-        out = np.full(n, not coded.symbol)
+        positions = decode_positions(coded.body, coded.count, coded.m, n)
+        out[:] = not coded.symbol
         out[positions] = bool(coded.symbol)
-        return out
-    raise WireError(f"{what}: unknown mask encoding {coded.encoding}")
+    else:
+        raise WireError(f"{what}: unknown mask encoding {coded.encoding}")
+    return out
 
 
 def _unpack(body: bytes, n: int, what: str) -> np.ndarray:
@@ -207,8 +222,8 @@ def encode_mask(
         ones = None
         if kept is not None:
             start, stop = np.searchsorted(kept, [tensor.offset, tensor.offset + tensor.size])
-            ones = kept[start:stop] - tensor.offset
-        mode, coded = DIRECT, encode_bits(bits, level, ones)
+            ones = kept[start:stop]  # offset by tensor.offset: encode_bits takes them so
+        mode, coded = DIRECT, encode_bits(bits, level, ones, tensor.offset)
         if base is not None and coded.encoding not in (CONSTANT, CHANNELS):
             delta = encode_bits(bits ^ _tensor_bits(base, tensor), level)
             if len(delta.body) < len(coded.body):
@@ -243,16 +258,17 @@ def decode_mask(section: bytes, layout: ModelLayout, base_lookup: BaseLookup) ->
     mask = layout.full_mask()
     for tensor, (mode, encoding, symbol, m, count, length) in zip(layout.prunable, headers, strict=True):
         what = f"mask of {tensor.name}"
-        bits = decode_bits(CodedBits(encoding, symbol, m, count, reader.take(length)), tensor.shape, what)
-        if mode == XOR:
-            if base is None:
-                base = layout.full_mask() if base_version == 0 else base_lookup(base_version)
-                if base is None:
-                    raise WireError(f"mask is a delta against version {base_version}, which is not held here")
-            bits ^= base[tensor.slice]
-        elif mode != DIRECT:
+        if mode not in (DIRECT, XOR):
             raise WireError(f"{what}: unknown mode {mode}")
-        mask[tensor.slice] = bits
+        if mode == XOR and base is None:
+            base = layout.full_mask() if base_version == 0 else base_lookup(base_version)
+            if base is None:
+                raise WireError(f"mask is a delta against version {base_version}, which is not held here")
+        bits = mask[tensor.slice]  # decoded in place
+        coded = CodedBits(encoding, symbol, m, count, reader.take(length))
+        decode_bits(coded, tensor.shape, what, out=bits)
+        if mode == XOR:
+            bits ^= base[tensor.slice]
     reader.finish()
     return mask
 

@@ -83,12 +83,13 @@ def encode_values(values: np.ndarray, fmt: ValueFormat, level: int, relative: bo
     """A value section for ``values`` (shuffled and zstd-compressed when smaller)."""
     stored = to_format(values, fmt)
     width = BYTES_PER_VALUE[fmt]
-    body, transform = stored.tobytes(), PLAIN
+    body, transform = None, PLAIN
     if level > 0 and len(stored):
-        planes = stored.view(np.uint8).reshape(len(stored), width).T.tobytes()
-        squeezed = zstd_compress(planes, level)
-        if len(squeezed) < len(body):
+        squeezed = zstd_compress(shuffle(stored.view(np.uint8).reshape(len(stored), width)), level)
+        if len(squeezed) < stored.nbytes:
             body, transform = squeezed, SHUFFLE_ZSTD
+    if body is None:
+        body = stored.tobytes()
     header = struct.pack(
         HEADER, FORMAT_VERSION, FORMAT_CODES[fmt], transform, RELATIVE if relative else 0, len(stored)
     )
@@ -106,6 +107,19 @@ def read_header(section: bytes, what: str) -> tuple[ValueFormat, int, bool, int,
     if transform not in (PLAIN, SHUFFLE_ZSTD) or flags & ~RELATIVE:
         raise WireError(f"{what} has transform {transform} and flags {flags}; unknown")
     return VALUE_FORMATS[code], count, bool(flags & RELATIVE), transform, reader
+
+
+def shuffle(raw: np.ndarray) -> np.ndarray:
+    """The byte planes (width x count, C order) of ``raw`` (count x width bytes).
+
+    Plane by plane, like :func:`unshuffle`: each plane is one strided read and one
+    sequential write.
+    """
+    count, width = raw.shape
+    planes = np.empty((width, count), dtype=np.uint8)
+    for byte in range(width):
+        planes[byte] = raw[:, byte]
+    return planes
 
 
 def unshuffle(planes: np.ndarray) -> np.ndarray:
@@ -136,4 +150,7 @@ def decode_values(section: bytes, count: int, what: str) -> tuple[np.ndarray, bo
     else:
         raw = np.frombuffer(body, dtype=np.uint8)
     storage = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[fmt]
-    return from_format(raw.reshape(-1).view(storage), fmt), relative
+    stored = raw.reshape(-1).view(storage)
+    if fmt == "float32" and stored.dtype == np.dtype(np.float32) and stored.flags.writeable:
+        return stored, relative  # already a fresh float32 array: no copy
+    return from_format(stored, fmt), relative

@@ -1,0 +1,49 @@
+"""bench_overhead's summary and ``fedprune bench``'s overhead share: one definition, by hand."""
+
+import math
+
+import pytest
+
+from server.phases import PhaseRow
+from server.results import PHASES_FILE
+from simulations.bench import read_overhead, share_not_training
+from simulations.bench_overhead import summarise
+
+ROUNDS = [  # round, wall, evaluation, training (union of the clients' intervals)
+    (1, 9.0, 1.0, 1.0),  # the warm-up (Ray starting): left out by bench_overhead's --warmup 1
+    (2, 4.0, 1.0, 1.5),
+    (3, 6.0, 2.0, 2.0),
+]
+
+
+def test_share_not_training_by_hand():
+    # rounds 2 and 3: wall 10 s, evaluation 3 s, training 3.5 s: 1 - 3.5 / 7 = 0.5
+    assert share_not_training(10.0, 3.5, 3.0) == pytest.approx(0.5)
+    assert share_not_training(10.0, 10.0, 0.0) == 0.0
+    assert math.isnan(share_not_training(2.0, 0.0, 2.0))  # nothing but evaluation
+
+
+def test_bench_overhead_summary_by_hand():
+    timings = [{"round": r, "wall_s": w, "evaluate_s": e, "training_s": t} for r, w, e, t in ROUNDS]
+    summary = summarise(timings, warmup=1)
+    assert summary["rounds"] == 2
+    assert summary["mean_s"] == pytest.approx(5.0) and summary["median_s"] == pytest.approx(5.0)
+    assert summary["evaluate_s"] == pytest.approx(1.5)
+    assert summary["not_training"] == pytest.approx(0.5)  # a ratio of sums, not a mean of ratios
+    assert summary["not_training_with_evaluation"] == pytest.approx(1 - 3.5 / 10)
+
+
+def test_both_benches_give_the_same_share_for_the_same_rounds(tmp_path):
+    rows = [
+        PhaseRow(round=r, wall_s=w, clients=2, server_evaluate_s=e, server_decode_s=0.25, training_wall_s=t)
+        for r, w, e, t in ROUNDS[1:]
+    ]
+    with (tmp_path / PHASES_FILE).open("w") as f:
+        f.write(",".join(PhaseRow.columns()) + "\n")
+        f.writelines(",".join(row.formatted()) + "\n" for row in rows)
+    overhead = read_overhead(tmp_path, "prunefl")
+    assert overhead is not None
+    timings = [{"round": r, "wall_s": w, "evaluate_s": e, "training_s": t} for r, w, e, t in ROUNDS[1:]]
+    assert overhead.not_training_nor_evaluating == pytest.approx(summarise(timings, warmup=0)["not_training"])
+    assert overhead.not_training_nor_evaluating == pytest.approx(0.5)
+    assert overhead.not_training == pytest.approx(1 - 3.5 / 10)
