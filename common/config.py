@@ -38,6 +38,10 @@ class FederationSettings(Section):
     seed: int = 0
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     connect_timeout: float = 300.0  # seconds to wait for min-clients nodes at start
+    # when nodes are asked for their partition (server/nodes.py): "auto" describes a
+    # simulation's nodes when first sampled if it samples clients-per-round, "all" every
+    # node before round 1 (a deployment always does)
+    describe: Literal["auto", "all"] = "auto"
     # robustness against hostile clients (docs/robustness.md)
     aggregation: Literal["mean", "clip", "trimmed-mean", "median"] = "mean"
     clip_factor: float = 2.0  # clip: updates clipped to this multiple of the round's median update norm

@@ -51,6 +51,8 @@ from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, task_record
 
 NOMINAL_BYTES_PER_VALUE = 8.0  # float32 down and up, before any round is measured
+# Grids whose nodes register in partition order: Flower's simulation engine's (server/nodes.py)
+SIMULATION_GRIDS: tuple[type, ...] = (InMemoryGrid,)
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ def run_federation(
     model = GlobalModel(layout, floats, ints, layout.full_mask())
     cost = cost_model_for(config, layout)
 
-    nodes = NodeBook()
+    nodes = NodeBook(lazy=describes_lazily(config, grid))
     comm = CommunicationLog(results.communication_path, new_file=resume is None)
     messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)
@@ -266,6 +268,21 @@ def run_federation(
     return summary
 
 
+def describes_lazily(config: AppConfig, grid: Grid) -> bool:
+    """Whether nodes are described when first sampled rather than all before round 1.
+
+    Only on Flower's simulation engine (whose nodes register in partition order, see
+    :mod:`server.nodes`), when ``federation.describe = "auto"`` and a round samples
+    fewer clients than the simulation has.
+    """
+    fed = config.federation
+    return (
+        fed.describe == "auto"
+        and 0 < fed.clients_per_round < config.simulation.num_clients
+        and isinstance(grid, SIMULATION_GRIDS)
+    )
+
+
 def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpoint) -> InitialPruningReport:
     """Bring a new server to the state of ``checkpoint``, a checkpoint of this run.
 
@@ -292,8 +309,9 @@ def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpo
     return InitialPruningReport(**{**report, "log": report.get("log") or {}})
 
 
-# A results folder may be moved before resuming, and the run that resumes it names it.
-RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume")
+# A results folder may be moved before resuming, and the run that resumes it names it;
+# federation.describe says when nodes are described, not which ones train (server/nodes.py).
+RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume", "federation.describe")
 
 
 def resume_point(config: AppConfig) -> tuple[AppConfig, Checkpoint]:
@@ -337,16 +355,31 @@ def check_fits(checkpoint: Checkpoint, config: AppConfig, layout: ModelLayout) -
 
 
 def report_partitions(folder: Path, nodes: NodeBook, config: AppConfig, written: dict | None = None) -> dict:
-    """Write the partition summary and plot of the nodes described so far (unless as ``written``)."""
+    """Write the partition summary and plot of the nodes described so far (unless as ``written``).
+
+    Under lazy description those are the nodes sampled so far, out of ``len(nodes)``
+    connected; none before round 1, when nothing is written.
+    """
     source = DATASETS[config.data.dataset]
     args = (nodes.ordered(), config.data.dataset, config.data.partitioning, source.num_classes)
-    if written is not None and partition_summary(*args) == written:
+    connected = len(nodes) if nodes.lazy else None
+    if nodes.lazy and not nodes.nodes:
+        log(
+            INFO,
+            "partitions: %d nodes connected, each described when first sampled; "
+            "%s lists those sampled, at the end of the run",
+            connected,
+            PARTITIONS_FILE,
+        )
+        return {}
+    if written is not None and partition_summary(*args, connected=connected) == written:
         return written
-    summary = write_partition_report(folder, *args)
+    summary = write_partition_report(folder, *args, connected=connected)
     log(
         INFO,
-        "partitions: %d clients, %d training and %d test samples, label skew %.3f (%s)",
+        "partitions: %d clients%s, %d training and %d test samples, label skew %.3f (%s)",
         summary["clients"],
+        f" described of {connected} connected" if connected is not None else "",
         summary["train_samples"],
         summary["test_samples"],
         summary["label_skew"],

@@ -98,8 +98,7 @@ def run_initial_pruning(
     progress.initial_pruning_started(where, partition_id)
     with Heartbeat(PROGRESS_INTERVAL_S, progress_line(where, partition_id, config.federation.round_timeout)):
         if where == "server":
-            described = [n.num_partitions for n in nodes.ordered()]
-            num_partitions = max(described, default=config.simulation.num_clients)
+            num_partitions = nodes.num_partitions(default=config.simulation.num_clients)
             device = resolve_device(config.train.device)
             report = _on_server(method, model, cost, task, spec, num_partitions, device, progress)
         else:
@@ -225,7 +224,7 @@ def _on_client(
     messenger: Messenger,
     spec: InitialDataSpec,
 ) -> InitialPruningReport:
-    node = nodes.by_partition(spec.partition_id)
+    node = nodes.find(spec.partition_id)  # lazily described, it is described now
     if node is None:
         raise InitialPruningError(
             f"no connected node holds partition {spec.partition_id} "

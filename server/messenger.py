@@ -121,7 +121,14 @@ class Messenger:
         )
 
     def describe_new_nodes(self, grid: Grid, task: ConfigRecord, timeout: float) -> None:
-        """Ask nodes not seen before for their partition; log both directions as setup."""
+        """Ask nodes not seen before for their partition; log both directions as setup.
+
+        Under lazy description (:mod:`server.nodes`) the queries go out when a node is
+        first sampled, in whatever round; they are still logged as round 0's setup, the
+        traffic of joining, so that a round's own counts (its messages and bytes, from
+        which the cost model's c_comm is measured) are those of its training and
+        evaluation. Their time counts as the server's setup phase of the round.
+        """
 
         def exchange(query: Message, reply: Message | None) -> None:
             self.log(query, 0, "setup", "down", query.metadata.dst_node_id)
@@ -133,6 +140,7 @@ class Messenger:
             lambda node_id: self.config_message(node_id, keys.DESCRIBE, task, 0),
             exchange,
             timeout,
+            lambda: self.clock.phase("setup"),
         )
 
     def bound_of(self, record: ArrayRecord, mask: np.ndarray | None = None) -> float:

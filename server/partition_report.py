@@ -4,6 +4,15 @@ Built from what the nodes reported in their ``query.describe`` replies (samples
 per class of their training and test splits), so it shows the data the clients
 actually hold, in a simulation and on devices alike. Written to the run's
 results folder as ``partitions.json`` and ``partitions.png``.
+
+When every node is described before round 1 (every deployment, every run in which
+all clients train every round) the report covers every client. Under lazy
+description (a simulation sampling ``federation.clients-per-round``, see
+:mod:`server.nodes`) a node is described when first sampled, so the report,
+written at the end of the run, covers the clients sampled at least once: its
+``clients``, sample totals, label skew and ``per_client`` are theirs, and two more
+keys say so: ``description`` (``"lazy"``) and ``connected_clients``, the number of
+clients the run could sample from.
 """
 
 from __future__ import annotations
@@ -29,13 +38,20 @@ def _histograms(nodes: list[NodeInfo], num_classes: int, split: str) -> np.ndarr
     return table
 
 
-def partition_summary(nodes: list[NodeInfo], dataset: str, partitioning: str, num_classes: int) -> dict:
-    """Samples, label histograms and label skew of every described node, by partition id."""
+def partition_summary(
+    nodes: list[NodeInfo], dataset: str, partitioning: str, num_classes: int, connected: int | None = None
+) -> dict:
+    """Samples, label histograms and label skew of every described node, by partition id.
+
+    ``connected``: the run describes nodes lazily and could sample from this many.
+    """
     train, test = _histograms(nodes, num_classes, "train"), _histograms(nodes, num_classes, "test")
+    lazy = {} if connected is None else {"description": "lazy", "connected_clients": connected}
     return {
         "dataset": dataset,
         "partitioning": partitioning,
         "num_classes": num_classes,
+        **lazy,
         "clients": len(nodes),
         "train_samples": int(sum(n.train_size for n in nodes)),
         "test_samples": int(sum(n.test_size for n in nodes)),
@@ -77,8 +93,11 @@ def plot_partitions(summary: dict, path: Path) -> None:
         bottom += counts[:, k]
     axes.set_xlabel("client (partition id)")
     axes.set_ylabel("training samples")
+    clients_text = f"{summary['clients']} clients"
+    if "connected_clients" in summary:
+        clients_text = f"the {summary['clients']} sampled of {summary['connected_clients']} clients"
     axes.set_title(
-        f"{summary['dataset']}, {summary['partitioning']} partitioning: {summary['clients']} clients, "
+        f"{summary['dataset']}, {summary['partitioning']} partitioning: {clients_text}, "
         f"label skew {summary['label_skew']:.3f}"
     )
     if len(clients) > 40:
@@ -90,10 +109,15 @@ def plot_partitions(summary: dict, path: Path) -> None:
 
 
 def write_partition_report(
-    folder: Path, nodes: list[NodeInfo], dataset: str, partitioning: str, num_classes: int
+    folder: Path,
+    nodes: list[NodeInfo],
+    dataset: str,
+    partitioning: str,
+    num_classes: int,
+    connected: int | None = None,
 ) -> dict:
     """Write ``partitions.json`` and ``partitions.png`` to ``folder``; return the summary."""
-    summary = partition_summary(nodes, dataset, partitioning, num_classes)
+    summary = partition_summary(nodes, dataset, partitioning, num_classes, connected)
     path = folder / PARTITIONS_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

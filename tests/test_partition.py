@@ -45,6 +45,23 @@ def test_iid_deals_equal_shares_of_everything(labels):
     assert label_skew(histograms(labels, parts)) < 0.1
 
 
+@pytest.mark.parametrize(("samples", "clients"), [(2000, 7), (2000, 2000), (1003, 101), (60, 1)])
+def test_iid_shards_cut_directly_are_iid_partitioners(samples, clients):
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    from common.data.partition import _iid_shards
+
+    index = np.random.default_rng(5).permutation(samples)
+    partitioner = IidPartitioner(num_partitions=clients)
+    partitioner.dataset = Dataset.from_dict({"index": index})
+    theirs = [np.sort(np.asarray(partitioner.load_partition(i)["index"])) for i in range(clients)]
+    mine = _iid_shards(index, clients)
+    assert len(mine) == clients and all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    big = partition_indices(np.zeros(1003, dtype=np.int64), 101, "iid", seed=4)
+    assert [len(p) for p in big] == [10] * 94 + [9] * 7  # 1003 = 101 * 9 + 94
+
+
 def test_dirichlet_uses_every_sample_and_skews_more_as_alpha_falls(labels):
     skews = []
     for alpha in (100.0, 1.0, 0.1):

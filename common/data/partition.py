@@ -8,7 +8,8 @@ its process holds. Every client computes the same split from the same seed.
 =================  ============================================================
 scheme             what each of the N clients gets
 =================  ============================================================
-``iid``            an equal share of a random permutation (``IidPartitioner``)
+``iid``            an equal share of a random permutation (``IidPartitioner``'s
+                   contiguous shards, cut directly from the permutation)
 ``dirichlet``      per class, shares drawn from Dirichlet(alpha) (Hsu et al.
                    2019; ``DirichletPartitioner``): smaller alpha, more skew
 ``pathological``   samples of k classes only (``PathologicalPartitioner``,
@@ -105,33 +106,42 @@ def _indices(partition: object) -> np.ndarray:
     return np.asarray(partition.with_format("arrow")["index"].to_numpy(), dtype=np.int64)  # type: ignore[attr-defined]
 
 
+def _iid_shards(index: np.ndarray, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """``IidPartitioner``'s partitions of the shuffled ``index``, sorted, without building datasets.
+
+    ``IidPartitioner`` cuts with ``Dataset.shard(n, i, contiguous=True)``: rows
+    [d i + min(i, m), that + d + (i < m)) of L, with d, m = divmod(L, n), which is
+    ``np.array_split``'s cut. Cut here, 10,000 MNIST clients take milliseconds instead
+    of the 37 s of one Arrow table per partition, paid by every process holding the data.
+    """
+    return tuple(np.sort(part) for part in np.array_split(index, num_partitions))
+
+
 @lru_cache(maxsize=8)
 def _cached_partition(
     label_bytes: bytes, dtype: str, writer_bytes: bytes, num_partitions: int, spec: Partitioning
 ) -> tuple[np.ndarray, ...]:
+    labels = np.frombuffer(label_bytes, dtype=np.dtype(dtype))
+    if num_partitions > len(labels):
+        raise ValueError(f"cannot split {len(labels)} training samples across {num_partitions} clients")
+    if spec.scheme == "iid":
+        return _iid_shards(np.random.default_rng(spec.seed).permutation(len(labels)), num_partitions)
+    if spec.scheme == "natural":
+        if not writer_bytes:
+            raise ValueError("the natural partitioning needs the writer of every sample (e.g. femnist)")
+        return _natural(np.frombuffer(writer_bytes, dtype=np.int64), num_partitions)
+
     from datasets import Dataset
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
-        IidPartitioner,
         Partitioner,
         PathologicalPartitioner,
         ShardPartitioner,
     )
 
-    labels = np.frombuffer(label_bytes, dtype=np.dtype(dtype))
-    if num_partitions > len(labels):
-        raise ValueError(f"cannot split {len(labels)} training samples across {num_partitions} clients")
-    if spec.scheme == "natural":
-        if not writer_bytes:
-            raise ValueError("the natural partitioning needs the writer of every sample (e.g. femnist)")
-        return _natural(np.frombuffer(writer_bytes, dtype=np.int64), num_partitions)
     index = np.arange(len(labels))
     partitioner: Partitioner
-    if spec.scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=num_partitions)
-        index = np.random.default_rng(spec.seed).permutation(len(labels))
-        labels = labels[index]
-    elif spec.scheme == "dirichlet":
+    if spec.scheme == "dirichlet":
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
             partition_by="label",
