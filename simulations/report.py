@@ -995,12 +995,16 @@ def judge(
     return out
 
 
-def verdict(judgements: Sequence[Judgement]) -> str:
-    """PASS when every criterion passes, MISS when one fails, else NOT MEASURABLE (yet)."""
+MIN_SEEDS = 2  # a pass needs the mean of at least this many seeds
+
+
+def verdict(judgements: Sequence[Judgement], seeds: int = MIN_SEEDS) -> str:
+    """PASS when every criterion passes on the mean of at least two seeds, MISS when one fails,
+    else NOT MEASURABLE (runs missing or unfinished, or a single seed)."""
     if any(j.passed is False for j in judgements):
         return "MISS"
     if judgements and all(j.passed for j in judgements):
-        return "PASS"
+        return "PASS" if seeds >= MIN_SEEDS else "NOT MEASURABLE (a pass needs the mean of two seeds)"
     return "NOT MEASURABLE YET"
 
 
@@ -1294,11 +1298,14 @@ def claim_markdown(
     environment: dict[str, str],
     notes: Sequence[str] = (),
     scale_note: str = "",
-    target: float = 0.9,
+    seeds: Sequence[int] | None = None,
 ) -> str:
-    """The claim's report: the answer first (paper, fedprune, pass or miss and by how much), then the rest."""
-    seeds = spec.seeds
-    result = verdict(judgements)
+    """The claim's report: the answer first (paper, fedprune, pass or miss and by how much), then the rest.
+
+    ``seeds`` are the seeds run (default: the claim's).
+    """
+    seeds = tuple(seeds if seeds is not None else spec.seeds)
+    result = verdict(judgements, len(seeds))
     running = [
         f"`{label}` seed {s}" for label, by in results.items() for s, r in by.items() if not r.complete
     ] + [f"`{label}` seed {s}" for label in methods for s in seeds if s not in results.get(label, {})]

@@ -340,9 +340,10 @@ def write_claim_report(
         for seed, by_label in folders.items()
     }
     results = arm_results(runs)
-    judgements = judge(claim.spec, results)
+    seeds = list(folders)
+    judgements = judge(claim.spec, results, seeds)
     timed = step_times(claim.spec, runs)
-    write_claim_csv(report_dir / "table.csv", claim.spec, methods, results, list(folders))
+    write_claim_csv(report_dir / "table.csv", claim.spec, methods, results, seeds)
     plots = claim_plots(report_dir / "plots", claim.spec, runs, list(methods))
     sections = []
     for seed, by_label in runs.items():
@@ -370,7 +371,7 @@ def write_claim_report(
         environment=env,
         notes=notes,
         scale_note=claim.full_differs if full else claim.spec.scaled,
-        target=claim.bench.target,
+        seeds=seeds,
     )
     path = report_dir / "report.md"
     path.write_text(text, encoding="utf-8")

@@ -179,6 +179,7 @@ def test_a_missing_or_running_seed_is_not_measurable_and_the_verdict_waits():
         and verdict([passing, failing]) == "MISS"
         and verdict([j, failing]) == "MISS"
     )
+    assert verdict([passing], seeds=1).startswith("NOT MEASURABLE")  # a pass needs the mean of two seeds
 
 
 def test_the_report_opens_with_the_answer():
