@@ -341,6 +341,63 @@ def bench(
     typer.echo(f"fedprune: report in {path}")
 
 
+@app.command()
+def reproduce(
+    claim: Annotated[
+        str,
+        typer.Argument(
+            help="A claim: droppruning-lenet5, rethinking-l1, tgf-half-flops, gibbs-90, or a claim TOML file."
+        ),
+    ],
+    full: Annotated[
+        bool, typer.Option("--full", help="The paper's model (and rounds) instead of the scaled-down run.")
+    ] = False,
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Comma-separated seeds (default: the claim's, at least two).")
+    ] = "",
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Report folder (default: results/reproduce-<claim>[-full]); runs reused and resumed there.",
+        ),
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run a source paper's headline claim federated, at two seeds or more, and judge it: one report."""
+    import functools
+    import shlex
+    import sys
+
+    from server.app import RunError
+    from server.checkpoint import CheckpointError
+    from simulations.bench import BenchError
+    from simulations.reproduce import load_claim, parse_seeds, run_claim
+    from simulations.runner import SimulationError
+    from simulations.runner import simulate as run
+
+    command = shlex.join(["fedprune", *sys.argv[1:]])
+    try:
+        chosen = load_claim(claim)
+        chosen_seeds = parse_seeds(seeds) if seeds else chosen.spec.seeds
+        overrides = [parse_override(text) for text in set_ or []]
+        default = Path("results") / f"reproduce-{chosen.name}{'-full' if full else ''}"
+        report_dir = (output or default).expanduser().resolve()
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    try:
+        runner = functools.partial(run, verbose=verbose)
+        path = run_claim(chosen, chosen_seeds, overrides, report_dir, runner, command, full, verbose)
+    except (ConfigError, BenchError, CheckpointError, RunError) as exc:
+        raise _fail(exc, 2) from None
+    except (SimulationError, RuntimeError) as exc:
+        raise _fail(exc, 1) from None
+    typer.echo(path.read_text(encoding="utf-8").split("\n## Table")[0].rstrip())
+    typer.echo(f"fedprune: report in {path}")
+
+
 RegimeOption = Annotated[
     str,
     typer.Option(

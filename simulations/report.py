@@ -778,3 +778,596 @@ def write_paper_csv(path: Path, rows: Sequence[PaperRow]) -> None:
                     r.paper_s,
                 ]
             )
+
+
+# -- a paper's claim, judged ------------------------------------------------------------------
+CRITERIA = ("accuracy-gap", "flops-ratio", "density")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One pass condition of a claim (a ``[[claim.criteria]]`` table), judged on the seeds' mean.
+
+    * ``accuracy-gap``: gap = mean final accuracy of ``subject`` minus that of
+      ``reference``, in points; passes when gap >= ``min-gap`` (> with ``strict``);
+    * ``flops-ratio``: counted forward MACs of ``subject``'s final mask over the dense
+      model's (zero weights free, :mod:`common.flops`); passes when <= ``max``;
+    * ``density``: ``subject``'s final density (kept share of the prunable weights);
+      passes when <= ``max`` (a compression of at least 1 / max).
+    """
+
+    kind: str
+    subject: str
+    reference: str = ""
+    min_gap: float = 0.0
+    strict: bool = False
+    max: float = math.nan
+    says: str = ""  # the criterion in words, as the issue or paper states it
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A claim preset's ``[claim]``: the paper's figure, seeds, criteria, what the run differs in."""
+
+    paper: str
+    reference: str = ""
+    seeds: tuple[int, ...] = (0, 1)
+    criteria: tuple[Criterion, ...] = ()
+    paper_accuracy: dict[str, float] = field(default_factory=dict)  # arm -> the paper's accuracy, %
+    scaled: str = ""  # how this run is smaller than the paper's (the report's first lines)
+    differs: str = ""  # what differs from the paper, and what a bigger machine would change
+    step_time: tuple[str, ...] = ()  # arms whose shrunk client model's step time is measured
+
+
+def _criterion(index: int, table: dict, labels: Sequence[str]) -> Criterion:
+    key = f"claim.criteria[{index}]"
+    from common.settings import ConfigError
+
+    allowed = {"kind", "subject", "reference", "min-gap", "strict", "max", "says"}
+    if not isinstance(table, dict) or set(table) - allowed:
+        raise ConfigError(key, str(table), f"a table with keys among {sorted(allowed)}")
+    kind = str(table.get("kind", ""))
+    if kind not in CRITERIA:
+        raise ConfigError(f"{key}.kind", kind, f"one of {list(CRITERIA)}")
+    subject, reference = str(table.get("subject", "")), str(table.get("reference", ""))
+    if subject not in labels:
+        raise ConfigError(f"{key}.subject", subject, f"an arm of the claim ({list(labels)})")
+    if kind == "accuracy-gap":
+        if reference not in labels or reference == subject:
+            raise ConfigError(f"{key}.reference", reference, f"another arm of the claim ({list(labels)})")
+        gap = table.get("min-gap", 0.0)
+        if isinstance(gap, bool) or not isinstance(gap, int | float):
+            raise ConfigError(f"{key}.min-gap", str(gap), "a number of accuracy points (-0.5: within 0.5)")
+        return Criterion(
+            kind,
+            subject,
+            reference,
+            float(gap),
+            bool(table.get("strict", False)),
+            says=str(table.get("says", "")),
+        )
+    limit = table.get("max")
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1:
+        raise ConfigError(f"{key}.max", str(limit), "a ratio in (0, 1]")
+    return Criterion(kind, subject, max=float(limit), says=str(table.get("says", "")))
+
+
+def read_claim(table: dict, labels: Sequence[str]) -> ClaimSpec:
+    """A claim preset's ``[claim]`` table, checked against the claim's arm labels."""
+    from common.settings import ConfigError
+
+    allowed = {"paper", "reference", "seeds", "criteria", "paper-accuracy", "scaled", "differs", "step-time"}
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError("claim", str(sorted(unknown)), f"keys among {sorted(allowed)}")
+    if not table.get("paper"):
+        raise ConfigError("claim.paper", "", "the paper's figure in words")
+    seeds = table.get("seeds", [0, 1])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError("claim.seeds", str(seeds), "a list of distinct integers >= 0")
+    criteria = tuple(_criterion(i, c, labels) for i, c in enumerate(table.get("criteria", [])))
+    if not criteria:
+        raise ConfigError("claim.criteria", "[]", "at least one [[claim.criteria]] table")
+    paper_accuracy = {}
+    for label, value in dict(table.get("paper-accuracy", {})).items():
+        if label not in labels:
+            raise ConfigError(f"claim.paper-accuracy.{label}", str(value), f"an arm ({list(labels)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+            raise ConfigError(f"claim.paper-accuracy.{label}", str(value), "an accuracy in percent")
+        paper_accuracy[label] = float(value)
+    step_time = tuple(str(s) for s in table.get("step-time", []))
+    for label in step_time:
+        if label not in labels:
+            raise ConfigError("claim.step-time", label, f"arms of the claim ({list(labels)})")
+    return ClaimSpec(
+        paper=str(table["paper"]),
+        reference=str(table.get("reference", "")),
+        seeds=tuple(seeds),
+        criteria=criteria,
+        paper_accuracy=paper_accuracy,
+        scaled=str(table.get("scaled", "")),
+        differs=str(table.get("differs", "")),
+        step_time=step_time,
+    )
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm in one seed, read from its results folder (measured, but for the counted FLOPs)."""
+
+    label: str
+    seed: int
+    complete: bool
+    rounds: int
+    planned_rounds: int
+    final_accuracy: float
+    final_density: float
+    flops_ratio: float  # counted forward MACs of the final mask / the dense model's
+
+
+def flops_ratio(run: RunRecord) -> float:
+    """Counted forward MACs of the mask after the last round (``layers.csv``) over the dense model's."""
+    from common.flops import positions_for
+
+    if not run.layers:
+        return math.nan
+    source = DATASETS[run.config.data.dataset]
+    layout = layout_of(run.config)
+    positions = positions_for(run.config.model.name, source.num_classes, tuple(source.input_shape))
+    last = run.layers[-1]
+    dense = kept = 0.0
+    for t in layout.tensors:
+        if t.name in positions:
+            dense += t.size * positions[t.name]
+            kept += (float(last[t.name]) if t.name in last else t.size) * positions[t.name]
+    return kept / dense if dense else math.nan
+
+
+def arm_results(runs: dict[int, dict[str, RunRecord]]) -> dict[str, dict[int, ArmResult]]:
+    """Per arm and seed: final accuracy, density and counted FLOPs ratio of its run so far."""
+    out: dict[str, dict[int, ArmResult]] = defaultdict(dict)
+    for seed, by_label in runs.items():
+        for label, run in by_label.items():
+            accuracy = run.column("accuracy")
+            evaluated = accuracy[~np.isnan(accuracy)]
+            out[label][seed] = ArmResult(
+                label=label,
+                seed=seed,
+                complete=run.complete,
+                rounds=int(run.rounds[-1]) if run.rows else 0,
+                planned_rounds=int(run.summary.get("rounds", run.config.federation.rounds)),
+                final_accuracy=float(evaluated[-1]) if len(evaluated) else math.nan,
+                final_density=float(run.column("density")[-1]) if run.rows else math.nan,
+                flops_ratio=flops_ratio(run),
+            )
+    return dict(out)
+
+
+def seed_mean(results: dict[int, ArmResult], attribute: str, seeds: Sequence[int]) -> float:
+    """Mean of ``attribute`` over ``seeds``; NaN unless every seed has a finished run."""
+    values = [getattr(results[s], attribute) for s in seeds if s in results and results[s].complete]
+    return float(np.mean(values)) if len(values) == len(seeds) else math.nan
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A criterion judged on the seeds' mean: the value, pass (None: not measurable) and the margin."""
+
+    criterion: Criterion
+    value: float  # accuracy-gap: points; flops-ratio, density: the ratio
+    per_seed: dict[int, float]
+    passed: bool | None
+    margin: float  # how far past (> 0) or short of (< 0) the limit, in the value's unit
+
+
+def judge(
+    spec: ClaimSpec, results: dict[str, dict[int, ArmResult]], seeds: Sequence[int] | None = None
+) -> list[Judgement]:
+    """Every criterion of ``spec`` on the mean over ``seeds`` (default: the claim's)."""
+    seeds = tuple(seeds if seeds is not None else spec.seeds)
+    out = []
+    for c in spec.criteria:
+        subject = results.get(c.subject, {})
+        if c.kind == "accuracy-gap":
+            reference = results.get(c.reference, {})
+            value = 100 * (
+                seed_mean(subject, "final_accuracy", seeds) - seed_mean(reference, "final_accuracy", seeds)
+            )
+            per_seed = {
+                s: 100 * (subject[s].final_accuracy - reference[s].final_accuracy)
+                for s in seeds
+                if s in subject and s in reference
+            }
+            margin = value - c.min_gap
+            passed = None if math.isnan(value) else (margin > 0 if c.strict else margin >= 0)
+        else:
+            attribute = "flops_ratio" if c.kind == "flops-ratio" else "final_density"
+            value = seed_mean(subject, attribute, seeds)
+            per_seed = {s: getattr(subject[s], attribute) for s in seeds if s in subject}
+            margin = c.max - value
+            passed = None if math.isnan(value) else margin >= 0
+        out.append(Judgement(c, value, per_seed, passed, margin))
+    return out
+
+
+MIN_SEEDS = 2  # a pass needs the mean of at least this many seeds
+
+
+def verdict(judgements: Sequence[Judgement], seeds: int = MIN_SEEDS) -> str:
+    """PASS when every criterion passes on the mean of at least two seeds, MISS when one fails,
+    else NOT MEASURABLE (runs missing or unfinished, or a single seed)."""
+    if any(j.passed is False for j in judgements):
+        return "MISS"
+    if judgements and all(j.passed for j in judgements):
+        return "PASS" if seeds >= MIN_SEEDS else "NOT MEASURABLE (a pass needs the mean of two seeds)"
+    return "NOT MEASURABLE YET"
+
+
+def judgement_line(j: Judgement, names: dict[str, str]) -> str:
+    """One line: the criterion, the seeds' mean and each seed, pass or miss and by how much."""
+    c = j.criterion
+    result = {True: "**pass**", False: "**miss**", None: "**not measurable yet**"}[j.passed]
+    says = f"{c.says}: " if c.says else ""
+    seeds = ", ".join(
+        f"seed {s} {v:+.2f} points" if c.kind == "accuracy-gap" else f"seed {s} {v:.4f}"
+        for s, v in j.per_seed.items()
+    )
+    if c.kind == "accuracy-gap":
+        need = f"{'>' if c.strict else '>='} {c.min_gap:+.2f}"
+        by = "" if j.passed is None else f", {'by' if j.passed else 'short by'} {abs(j.margin):.2f} points"
+        return (
+            f"- {says}`{c.subject}` minus `{c.reference}` = **{j.value:+.2f} points** (mean of the seeds; "
+            f"{seeds}); needs {need}: {result}{by}."
+        )
+    what = "counted FLOPs / dense" if c.kind == "flops-ratio" else "final density"
+    extra = (
+        f" (compression {1 / j.value:.1f}x, needs {1 / c.max:.1f}x)"
+        if c.kind == "density" and j.value > 0
+        else ""
+    )
+    by = "" if j.passed is None else f", {'by' if j.passed else 'short by'} {abs(j.margin):.4f}"
+    return (
+        f"- {says}`{c.subject}` {what} = **{j.value:.4f}**{extra} (mean of the seeds; {seeds}); "
+        f"needs <= {c.max:.4f}: {result}{by}."
+    )
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A training step of an arm's final client model, measured: dense model against the shrunk one."""
+
+    label: str
+    seed: int
+    batch_size: int
+    dense_ms: float
+    shrunk_ms: float
+    parameters: tuple[int, int]  # dense, shrunk
+    load: float
+
+
+def step_times(spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], repeats: int = 20) -> list[StepTime]:
+    """For each arm of ``spec.step_time``: its first finished seed's final model, shrunk, timed.
+
+    The physically smaller model (:mod:`common.pruning.shrink`) of the final channel mask
+    against the dense model, one forward-backward-update step on a batch of
+    ``train.batch-size`` random inputs, one torch thread (a simulated client's), median
+    of ``repeats`` after 3 warm-up steps. Measured when the report is written.
+    """
+    import os
+
+    import torch
+
+    from common.pruning.channels import structure_for
+    from common.pruning.rethinking import load_source
+    from common.pruning.shrink import count_parameters, removable_channels, shrink_model
+    from simulations.bench_shrink import step_seconds
+
+    out = []
+    threads = torch.get_num_threads()
+    for label in spec.step_time:
+        run = next((r[label] for r in runs.values() if label in r and r[label].complete), None)
+        if run is None:
+            continue
+        source = DATASETS[run.config.data.dataset]
+        shape = tuple(source.input_shape)
+        model = build_model(run.config.model.name, source.num_classes, shape, seed=0)
+        layout = ModelLayout.from_model(model)
+        final = load_source(str(run.folder), layout)
+        _, ints = layout.flatten(model.state_dict())
+        structure = structure_for(run.config.model.name, source.num_classes, shape)
+        example = torch.zeros(1, *shape)
+        small = shrink_model(
+            model, layout, final.floats, ints, removable_channels(structure, final.mask), example
+        )
+        generator = torch.Generator().manual_seed(0)
+        batch = run.config.train.batch_size
+        inputs = torch.randn(batch, *shape, generator=generator)
+        labels = torch.randint(0, source.num_classes, (batch,), generator=generator)
+        torch.set_num_threads(max(1, run.config.simulation.client_threads))
+        try:
+            dense_s = step_seconds(model, inputs, labels, repeats, 3)
+            small_s = step_seconds(small.model, inputs, labels, repeats, 3)
+        finally:
+            torch.set_num_threads(threads)
+        out.append(
+            StepTime(
+                label,
+                int(run.config.federation.seed),
+                batch,
+                dense_s * 1e3,
+                small_s * 1e3,
+                (count_parameters(model), count_parameters(small.model)),
+                os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+            )
+        )
+    return out
+
+
+def _mean_cell(results: dict[int, ArmResult], attribute: str, seeds: Sequence[int], digits: int = 4) -> str:
+    value = seed_mean(results, attribute, seeds)
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def claim_table_markdown(
+    spec: ClaimSpec, methods: dict[str, str], results: dict[str, dict[int, ArmResult]], seeds: Sequence[int]
+) -> str:
+    """Per arm: final accuracy of every seed and their mean, the paper's, density, compression, FLOPs."""
+    head = [
+        "arm (method)",
+        *[f"seed {s}: final accuracy" for s in seeds],
+        "**mean**",
+        "paper",
+        "final density (mean)",
+        "compression (1 / density)",
+        "counted FLOPs / dense (mean)",
+        "rounds",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, method in methods.items():
+        by_seed = results.get(label, {})
+        cells = []
+        for s in seeds:
+            r = by_seed.get(s)
+            if r is None:
+                cells.append("not run")
+            else:
+                cells.append(
+                    f"{r.final_accuracy:.4f}" + ("" if r.complete else f" (round {r.rounds}, running)")
+                )
+        density = seed_mean(by_seed, "final_density", seeds)
+        rounds = sorted({r.planned_rounds for r in by_seed.values()})
+        paper = spec.paper_accuracy.get(label)
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{label}` ({method})",
+                    *cells,
+                    f"**{_mean_cell(by_seed, 'final_accuracy', seeds)}**",
+                    f"{paper:.2f}%" if paper is not None else "-",
+                    _mean_cell(by_seed, "final_density", seeds),
+                    "n/a" if math.isnan(density) or density == 0 else f"{1 / density:.1f}x",
+                    _mean_cell(by_seed, "flops_ratio", seeds),
+                    ", ".join(map(str, rounds)) or "-",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_claim_csv(
+    path: Path,
+    spec: ClaimSpec,
+    methods: dict[str, str],
+    results: dict[str, dict[int, ArmResult]],
+    seeds: Sequence[int],
+) -> None:
+    """``table.csv``: one row per arm and seed, and one per arm for the mean (seed = "mean")."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "arm",
+                "method",
+                "seed",
+                "complete",
+                "rounds",
+                "final_accuracy",
+                "final_density",
+                "flops_ratio",
+                "paper_accuracy",
+            ]
+        )
+        for label, method in methods.items():
+            by_seed = results.get(label, {})
+            paper = spec.paper_accuracy.get(label, math.nan) / 100
+            for s in seeds:
+                if s in by_seed:
+                    r = by_seed[s]
+                    writer.writerow(
+                        [
+                            label,
+                            method,
+                            s,
+                            int(r.complete),
+                            r.rounds,
+                            r.final_accuracy,
+                            r.final_density,
+                            r.flops_ratio,
+                            paper,
+                        ]
+                    )
+            complete = all(s in by_seed and by_seed[s].complete for s in seeds)
+            writer.writerow(
+                [
+                    label,
+                    method,
+                    "mean",
+                    int(complete),
+                    "",
+                    seed_mean(by_seed, "final_accuracy", seeds),
+                    seed_mean(by_seed, "final_density", seeds),
+                    seed_mean(by_seed, "flops_ratio", seeds),
+                    paper,
+                ]
+            )
+
+
+def claim_plots(
+    folder: Path, spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], labels: Sequence[str]
+) -> list[Path]:
+    """Test accuracy per round (every arm, one line style per seed), density per round, final accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    styles = ["-", "--", ":", "-."]
+    paths = []
+
+    def save(fig, name: str) -> None:  # type: ignore[no-untyped-def]
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        paths.append(folder / name)
+
+    for name, column, ylabel in (
+        ("accuracy_per_round.png", "accuracy", "test accuracy (measured)"),
+        ("density_per_round.png", "density", "density (kept share of prunable weights)"),
+    ):
+        fig, ax = plt.subplots(figsize=(7.0, 4.4))
+        for i, (seed, by_label) in enumerate(runs.items()):
+            for label, run in by_label.items():
+                y = run.column(column)
+                keep = ~np.isnan(y)
+                ax.plot(
+                    run.rounds[keep],
+                    y[keep],
+                    styles[i % len(styles)],
+                    color=colours[label],
+                    label=f"{label}, seed {seed}",
+                )
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        save(fig, name)
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for x, label in enumerate(labels):
+        values = [by_label[label] for by_label in runs.values() if label in by_label]
+        finals = [float(v.column("accuracy")[~np.isnan(v.column("accuracy"))][-1]) for v in values if v.rows]
+        if finals:
+            ax.bar(x, np.mean(finals), color=colours[label], alpha=0.5)
+            ax.plot([x] * len(finals), finals, "ko", markersize=4)
+        if label in spec.paper_accuracy:
+            ax.plot([x - 0.4, x + 0.4], [spec.paper_accuracy[label] / 100] * 2, "r-", linewidth=1.5)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+    ax.set_ylabel("final test accuracy: mean (bar), seeds (dots), paper (red)")
+    everything = [
+        float(np.nanmin(r.column("accuracy")))
+        for by_label in runs.values()
+        for r in by_label.values()
+        if r.rows
+    ]
+    if everything:
+        ax.set_ylim(max(0.0, min(everything + [p / 100 for p in spec.paper_accuracy.values()]) - 0.05), 1.0)
+    ax.grid(True, axis="y", alpha=0.3)
+    save(fig, "final_accuracy.png")
+    return paths
+
+
+def claim_markdown(
+    title: str,
+    spec: ClaimSpec,
+    methods: dict[str, str],
+    results: dict[str, dict[int, ArmResult]],
+    judgements: Sequence[Judgement],
+    timed: Sequence[StepTime],
+    plots: Sequence[Path],
+    sections: Sequence[str],
+    command: str,
+    environment: dict[str, str],
+    notes: Sequence[str] = (),
+    scale_note: str = "",
+    seeds: Sequence[int] | None = None,
+) -> str:
+    """The claim's report: the answer first (paper, fedprune, pass or miss and by how much), then the rest.
+
+    ``seeds`` are the seeds run (default: the claim's).
+    """
+    seeds = tuple(seeds if seeds is not None else spec.seeds)
+    result = verdict(judgements, len(seeds))
+    running = [
+        f"`{label}` seed {s}" for label, by in results.items() for s, r in by.items() if not r.complete
+    ] + [f"`{label}` seed {s}" for label in methods for s in seeds if s not in results.get(label, {})]
+    names = {label: f"`{label}`" for label in methods}
+    lines = [f"# {title}", ""]
+    if scale_note:
+        lines += [f"**Scaled down:** {scale_note}", ""]
+    lines += [
+        "## Answer",
+        "",
+        f"- **Paper:** {spec.paper}" + (f" ({spec.reference})" if spec.reference else ""),
+        f"- **fedprune:** **{result}** on the mean of seeds {', '.join(map(str, seeds))}"
+        + (f" (not finished: {', '.join(running)}; provisional)" if running else "")
+        + ":",
+        *[judgement_line(j, names) for j in judgements],
+    ]
+    if spec.paper_accuracy:
+        figures = ", ".join(
+            f"`{label}` {value:.2f}% (fedprune {_mean_cell(results.get(label, {}), 'final_accuracy', seeds)})"
+            for label, value in spec.paper_accuracy.items()
+        )
+        lines.append(f"- The paper's accuracies beside fedprune's means: {figures}.")
+    for t in timed:
+        lines.append(
+            f"- Measured training step of `{t.label}`'s final client model (seed {t.seed}, "
+            f"batch {t.batch_size}, one thread): **{t.shrunk_ms:.1f} ms** shrunk "
+            f"({t.parameters[1]:,} parameters) against "
+            f"{t.dense_ms:.1f} ms dense ({t.parameters[0]:,}): **{t.shrunk_ms / t.dense_ms:.3f}x** "
+            f"(load average {t.load:.1f} when measured)."
+        )
+    if result != "PASS" and spec.differs:
+        lines += [
+            "",
+            f"**What differs from the paper, and what a bigger machine would change:** {spec.differs}",
+        ]
+    lines += [
+        "",
+        "## Table",
+        "",
+        claim_table_markdown(spec, methods, results, seeds),
+        "",
+        "Final accuracy is the server's test accuracy after the last round (**measured**); a pass is judged "
+        "on the mean over the seeds. Counted FLOPs: forward multiply-accumulates of conv and linear layers "
+        "under the final mask, zero weights free (Liu et al.'s convention; `common/flops.py`), over the "
+        "dense model's. The same figures: `table.csv` (one row per arm and seed, one for the mean).",
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],
+        "",
+    ]
+    if spec.differs and result == "PASS":
+        lines += ["## What differs from the paper", "", spec.differs, ""]
+    lines += ["## Every run", "", *[s + "\n" for s in sections]]
+    lines += [
+        "## Set-up",
+        "",
+        f"- Command: `{command}`",
+        f"- Seeds: {', '.join(map(str, seeds))}; within a seed every arm has the same data, partitions, "
+        "initialisation and client sampling.",
+        *[f"- {key}: {value}" for key, value in environment.items()],
+        *[f"- {note}" for note in notes],
+        "",
+    ]
+    return "\n".join(lines)
