@@ -236,7 +236,7 @@ def run_federation(
         fed = config.federation
         method = config.method_class(config.method, method_env(config, layout, full))
     strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
-    strategy.run_started = started
+    strategy.recorder.run_started = started  # elapsed_s counts from the run's start
     strategy.progress = progress
     progress.run_started(fed.rounds, resume.server_round if resume else None)
 
