@@ -209,6 +209,10 @@ def test_decoded_values_are_writable_arrays_of_their_own(fmt, level):
     decoded[0] = 7.0  # the section's bytes stay as they were
     assert np.array_equal(decode_values(section, 5000, "x")[0][1:], decoded[1:])
     assert decode_values(section, 5000, "x")[0][0] != 7.0
+    writable = bytearray(section)  # a writable buffer: the values are still a copy, not a view of it
+    from_buffer, _ = decode_values(writable, 5000, "x")
+    writable[-4:] = b"\xff\xff\xff\xff"
+    assert np.array_equal(from_buffer, decode_values(section, 5000, "x")[0])
 
 
 # -- measuring bytes without deflating the chunks -------------------------------------------------
