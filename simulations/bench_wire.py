@@ -8,7 +8,8 @@ options). It prints, all measured on this machine:
 2. a whole Conv-2 message (6.6M parameters) at density 0.13: bytes by category
    against the bound, for each value format, with a magnitude mask of a briefly
    trained Conv-2 and with an i.i.d. mask;
-3. encode and decode times of that message (median of several runs);
+3. encode and decode times of that message (median of several runs), and of
+   their pieces (positions, values section, mask section, dense floats);
 4. the same message side by side: this codec, Flower's default (np.save of the
    values plus a bool mask), int32 indices plus values, and the dense model;
 5. PruneFL's importance upload at pruned positions in each format;
@@ -265,6 +266,36 @@ def timings(layout, floats, ints, masks: dict[str, np.ndarray], level: int, repe
         f"Conv-2 message: encode (floats + mask -> arrays) and decode (arrays -> floats), "
         f"median of {repeats} runs, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         ["mask", "values", "zstd level", "encode ms", "encode CPU ms", "decode ms", "decode CPU ms"],
+        rows,
+    )
+    phase_timings(layout, floats, ints, masks["magnitude"], level, repeats)
+
+
+def phase_timings(layout, floats, ints, mask: np.ndarray, level: int, repeats: int) -> None:
+    """The pieces of :func:`encode_message` and :func:`decode_message`, float32 values."""
+    fmt = WireFormat(level=level)
+    positions = np.flatnonzero(mask)
+    kept = floats.take(positions)
+    record = encode_message(layout, floats, ints, mask, fmt)
+
+    def scatter() -> None:
+        dense = np.zeros(layout.num_floats, dtype=np.float32)
+        dense[np.flatnonzero(mask)] = kept
+
+    pieces = [
+        ("encode", "positions of the kept weights (np.flatnonzero)", lambda: np.flatnonzero(mask)),
+        ("encode", "kept values (take)", lambda: floats.take(positions)),
+        ("encode", "values section (shuffle + zstd)", lambda: encode_values(kept, fmt.values, fmt.level)),
+        ("encode", "mask section", lambda: mask_codec.encode_mask(layout, mask, level=level, kept=positions)),
+        ("decode", "mask section", lambda: decode_mask(record, layout)),
+        ("decode", "values section, checked", lambda: decode_payload(record, layout, mask)),
+        ("decode", "dense floats (zeros, np.flatnonzero, scatter)", scatter),
+    ]
+    rows = [[side, name, *median_ms(function, repeats)] for side, name, function in pieces]
+    print_table(
+        f"Conv-2 message, magnitude mask, float32 values: the pieces of encode and decode "
+        f"(median of {repeats} runs, load average {os.getloadavg()[0]:.1f})",
+        ["side", "piece", "ms", "CPU ms"],
         rows,
     )
 

@@ -1,4 +1,4 @@
-"""The codec's faster paths: the same bytes as before them, and the same values as the plain paths.
+"""The codec's faster paths: the bytes of before them, the values and byte counts of the plain paths.
 
 The hashes below were computed with the codec as it was before these paths
 (commit 181ac41): sections coded without zstd (Golomb streams, headers, plain
@@ -13,13 +13,20 @@ import threading
 import numpy as np
 import pytest
 import zstandard
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    get_object_children_ids_from_object_content,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from common.layout import ModelLayout
-from common.wire import WireError, WireFormat, golomb
+from common.wire import MessageBytes, WireError, WireFormat, golomb, measure_message
 from common.wire import masks as mask_codec
+from common.wire.accounting import array_chunks
 from common.wire.codec import ModelPayload, encode_payload
 from common.wire.errors import zstd_compress, zstd_decompress
 from common.wire.values import decode_values, encode_values, shuffle, unshuffle
@@ -202,3 +209,82 @@ def test_decoded_values_are_writable_arrays_of_their_own(fmt, level):
     decoded[0] = 7.0  # the section's bytes stay as they were
     assert np.array_equal(decode_values(section, 5000, "x")[0][1:], decoded[1:])
     assert decode_values(section, 5000, "x")[0][0] != 7.0
+    writable = bytearray(section)  # a writable buffer: the values are still a copy, not a view of it
+    from_buffer, _ = decode_values(writable, 5000, "x")
+    writable[-4:] = b"\xff\xff\xff\xff"
+    assert np.array_equal(from_buffer, decode_values(section, 5000, "x")[0])
+
+
+# -- measuring bytes without deflating the chunks -------------------------------------------------
+def _deflated(message: Message) -> MessageBytes:
+    """The definition: len(deflate()) of every unique nested object, split by array name."""
+    objects = get_all_nested_objects(message)
+    contents = {object_id: obj.deflate() for object_id, obj in objects.items()}
+    parts = {"values": 0, "mask": 0, "importance": 0}
+    claimed: set[str] = set()
+    if message.has_content():
+        for record in message.content.array_records.values():
+            for name, array in record.items():
+                if name not in parts:
+                    continue
+                ids = [
+                    array.object_id,
+                    *get_object_children_ids_from_object_content(contents[array.object_id]),
+                ]
+                for object_id in ids:
+                    if object_id not in claimed:
+                        claimed.add(object_id)
+                        parts[name] += len(contents[object_id])
+    total = sum(len(c) for c in contents.values())
+    return MessageBytes(**parts, other=total - sum(parts.values()), objects=len(objects))
+
+
+def _raw(name: str, data: bytes) -> Array:
+    return Array(dtype="uint8", shape=(len(data),), stype=f"fedprune.{name}.v1", data=data)
+
+
+CHUNK = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5])
+def test_array_chunks_are_flowers(size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    ours, flowers = _raw("values", data), _raw("values", data)
+    chunks = array_chunks(ours)
+    assert [(i, bytes(c.data)) for i, c in chunks] == [(i, bytes(c.data)) for i, c in flowers.slice_array()]
+    assert ours.slice_array() is chunks  # kept where Flower looks for it
+    assert ours.object_id == flowers.object_id
+
+
+def test_measured_bytes_equal_the_deflated_objects(tiny):
+    _, layout = tiny
+    rng = np.random.default_rng(8)
+    zeros = bytes(2 * CHUNK + 3)  # two identical chunks: one object
+    arrays = {
+        "values": _raw("values", rng.integers(0, 256, CHUNK + 10, dtype=np.uint8).tobytes()),
+        "mask": _raw("mask", zeros),
+        "importance": _raw("importance", b""),
+        "counters": _raw("counters", zeros),  # the same chunk as the mask's: counted once, as mask
+    }
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(arrays),
+            "config": ConfigRecord({"server-round": 3, "note": "x" * 100}),
+            "metrics": MetricRecord({"loss": 0.5}),
+        }
+    )
+    messages = [
+        Message(content, dst_node_id=1, message_type="train"),
+        Message(RecordDict({"config": ConfigRecord({"a": 1})}), dst_node_id=2, message_type="query"),
+    ]
+    for message in messages:
+        expected = _deflated(message)
+        assert measure_message(message) == expected
+        assert measure_message(message) == expected  # again, from the kept chunks
+    mask = layout.full_mask()
+    mask[[0, 5, 7]] = False
+    record = encode_payload(
+        ModelPayload(np.arange(20, dtype=np.float32), np.zeros(0, np.int64), mask), layout
+    )
+    message = Message(RecordDict({"arrays": record}), dst_node_id=1, message_type="train")
+    assert measure_message(message) == _deflated(message)

@@ -14,17 +14,21 @@ SuperLink's de-duplication of identical objects across messages is ignored.
 
 Bytes are split by array name into values / mask / importance; everything else
 (records' own headers, configs, metrics, metadata, integer buffers) is "other".
+
+Measuring costs no copy of the payload and hashes each array's chunks once (Flower
+caches them on the array); the figures are those of deflating every object.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
-from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    get_object_children_ids_from_object_content,
-)
+from flwr.app import Array, Message
+from flwr.app.message.arraychunk import ArrayChunk
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+from flwr.supercore.constant import HEAD_BODY_DIVIDER, HEAD_VALUE_DIVIDER
+from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
 from .codec import IMPORTANCE, MASK, VALUES
 
@@ -57,11 +61,15 @@ class MessageBytes:
 def measure_message(message: Message) -> MessageBytes:
     """Serialised size of ``message``, split by category (see the module docstring).
 
-    Each object is deflated once; an array's chunks are found from the children ids
-    in its own deflated header, not by walking (and re-hashing) it a second time.
+    The figures are those of ``sum(len(obj.deflate()))`` over
+    ``get_all_nested_objects(message)``, computed without building or re-hashing
+    the array chunks, which carry nearly all the bytes: a chunk's deflated size is
+    its header plus its data, and its object id is the one the array keeps once its
+    chunks are cut (see :func:`array_chunks`). Only the small objects (message,
+    records, arrays' headers) are deflated.
     """
-    objects = get_all_nested_objects(message)
-    contents = {object_id: obj.deflate() for object_id, obj in objects.items()}
+    sizes: dict[str, int] = {}
+    _add_sizes(message, sizes)
     parts = dict.fromkeys(CATEGORIES[:-1], 0)
     claimed: set[str] = set()
     if message.has_content():
@@ -70,16 +78,58 @@ def measure_message(message: Message) -> MessageBytes:
                 category = _CATEGORY_OF_ARRAY.get(name)
                 if category is None:
                     continue
-                array_id = array.object_id  # cached by Flower once computed
-                for object_id in (array_id, *get_object_children_ids_from_object_content(contents[array_id])):
+                for object_id in (array.object_id, *(chunk_id for chunk_id, _ in array_chunks(array))):
                     if object_id not in claimed:
                         claimed.add(object_id)
-                        parts[category] += len(contents[object_id])
-    total = sum(len(content) for content in contents.values())
+                        parts[category] += sizes[object_id]
+    total = sum(sizes.values())
     return MessageBytes(
         values=parts["values"],
         mask=parts["mask"],
         importance=parts["importance"],
         other=total - sum(parts.values()),
-        objects=len(objects),
+        objects=len(sizes),
     )
+
+
+def _add_sizes(obj: InflatableObject, sizes: dict[str, int]) -> None:
+    """Deflated size of ``obj`` and of every object below it, by object id (each id once)."""
+    if isinstance(obj, Array):
+        for chunk_id, chunk in array_chunks(obj):
+            if chunk_id not in sizes:
+                sizes[chunk_id] = len(_chunk_header(chunk)) + len(chunk.data)
+    else:
+        for child in (obj.children or {}).values():
+            _add_sizes(child, sizes)
+    object_id = obj.object_id
+    if object_id not in sizes:
+        sizes[object_id] = len(obj.deflate())
+
+
+def _chunk_header(chunk: ArrayChunk) -> bytes:
+    """What ``chunk.deflate()`` puts before the chunk's data (Flower's object header)."""
+    head = f"{type(chunk).__qualname__}{HEAD_VALUE_DIVIDER}{HEAD_VALUE_DIVIDER}{len(chunk.data)}"
+    return head.encode("utf-8") + HEAD_BODY_DIVIDER
+
+
+def array_chunks(array: Array) -> list[tuple[str, ArrayChunk]]:
+    """``array.slice_array()``: its chunks and their object ids, cut and hashed once per array.
+
+    Flower keeps the list on the array once cut. An array not cut yet (a reply just
+    received) is cut here as Flower cuts it, each chunk's id the SHA-256 of its
+    deflated content, hashed as header then data instead of a copy of both (the
+    copy is what Flower's own cutting spends most of its time on), and the list is
+    kept on the array where Flower keeps it, so that Flower finds it there.
+    """
+    cached = array.__dict__.get("_chunks")
+    if cached is not None:
+        return cached
+    data = memoryview(array.data)
+    chunks = []
+    for start in range(0, len(data), FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE):
+        chunk = ArrayChunk(data[start : start + FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE])
+        digest = hashlib.sha256(_chunk_header(chunk))
+        digest.update(chunk.data)
+        chunks.append((digest.hexdigest(), chunk))
+    array.__dict__["_chunks"] = chunks
+    return chunks

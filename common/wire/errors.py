@@ -30,12 +30,16 @@ class Reader:
         return values
 
     def take(self, length: int) -> bytes:
+        return bytes(self.view(length))
+
+    def view(self, length: int) -> memoryview:
+        """The next ``length`` bytes without a copy (a view of the buffer read)."""
         if length < 0 or self.offset + length > len(self.data):
             raise WireError(
                 f"{self.what} is truncated: a section of {length} bytes starts at byte {self.offset} "
                 f"of {len(self.data)}"
             )
-        chunk = bytes(self.data[self.offset : self.offset + length])
+        chunk = self.data[self.offset : self.offset + length]
         self.offset += length
         return chunk
 
@@ -69,7 +73,7 @@ def zstd_compress(data: bytes | memoryview | np.ndarray, level: int) -> bytes:
     return _compressor(level).compress(data)
 
 
-def zstd_decompress(data: bytes, expected: int, what: str) -> bytes:
+def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes:
     """Decompress one zstd frame of exactly ``expected`` bytes.
 
     The frame must declare its content size and that size must be ``expected``

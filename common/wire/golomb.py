@@ -121,7 +121,7 @@ def encode_gaps(gaps: np.ndarray, m: int) -> bytes:
     return np.packbits(bits).tobytes()
 
 
-def _read_streams(data: bytes, count: int, m: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_streams(data: bytes | memoryview, count: int, m: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """The remainders of ``count`` codes and the positions of their quotients' ones, checked.
 
     The ``i``-th one of the unary stream sits at ``ends[i] = q_0 + ... + q_i + i``.
@@ -159,7 +159,7 @@ def _read_streams(data: bytes, count: int, m: int, limit: int) -> tuple[np.ndarr
     return ends, r
 
 
-def decode_gaps(data: bytes, count: int, m: int, limit: int) -> np.ndarray:
+def decode_gaps(data: bytes | memoryview, count: int, m: int, limit: int) -> np.ndarray:
     """Decode ``count`` gaps coded with parameter ``m`` in a vector of ``limit`` entries.
 
     Raises :class:`WireError` when ``m`` or ``count`` cannot occur in such a vector,
@@ -178,7 +178,7 @@ def decode_gaps(data: bytes, count: int, m: int, limit: int) -> np.ndarray:
     return gaps
 
 
-def decode_positions(data: bytes, count: int, m: int, limit: int) -> np.ndarray:
+def decode_positions(data: bytes | memoryview, count: int, m: int, limit: int) -> np.ndarray:
     """The positions (``np.intp``, sorted) that :func:`decode_gaps` codes, with the same checks.
 
     Computed from the unary stream without the gaps: the ``i``-th position is
@@ -200,7 +200,7 @@ def decode_positions(data: bytes, count: int, m: int, limit: int) -> np.ndarray:
     return positions
 
 
-def _check_counts(data: bytes, count: int, m: int, limit: int) -> bool:
+def _check_counts(data: bytes | memoryview, count: int, m: int, limit: int) -> bool:
     """Raise unless ``m`` and ``count`` can occur in a vector of ``limit`` entries; True if empty."""
     if not 1 <= m <= max(limit, 1):
         raise WireError(f"Golomb parameter {m} is out of range [1, {limit}]")

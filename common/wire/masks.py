@@ -64,7 +64,7 @@ class CodedBits:
     symbol: int = 0  # constant: the value; golomb: the coded value; channels: the axis
     m: int = 0  # golomb parameter
     count: int = 0  # golomb: how many bits equal ``symbol``
-    body: bytes = b""
+    body: bytes | memoryview = b""  # decoding reads it in place from the section
 
 
 def _rows_constant(rows: np.ndarray) -> bool:
@@ -188,7 +188,7 @@ def decode_bits(
     return out
 
 
-def _unpack(body: bytes, n: int, what: str) -> np.ndarray:
+def _unpack(body: bytes | memoryview, n: int, what: str) -> np.ndarray:
     if len(body) != -(-n // 8):
         raise WireError(f"{what}: bitmap of {len(body)} bytes; expected {-(-n // 8)} for {n} bits")
     bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
@@ -265,7 +265,7 @@ def decode_mask(section: bytes, layout: ModelLayout, base_lookup: BaseLookup) ->
             if base is None:
                 raise WireError(f"mask is a delta against version {base_version}, which is not held here")
         bits = mask[tensor.slice]  # decoded in place
-        coded = CodedBits(encoding, symbol, m, count, reader.take(length))
+        coded = CodedBits(encoding, symbol, m, count, reader.view(length))  # the body read in place
         decode_bits(coded, tensor.shape, what, out=bits)
         if mode == XOR:
             bits ^= base[tensor.slice]

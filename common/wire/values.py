@@ -141,7 +141,7 @@ def decode_values(section: bytes, count: int, what: str) -> tuple[np.ndarray, bo
     if declared != count:
         raise WireError(f"{what} has {declared} entries; expected {count}")
     width = BYTES_PER_VALUE[fmt]
-    body = reader.take(len(section) - reader.offset)
+    body = reader.view(len(section) - reader.offset)  # no copy: decompressed or copied once below
     if transform == SHUFFLE_ZSTD:
         planes = np.frombuffer(zstd_decompress(body, count * width, what), dtype=np.uint8)
         raw = unshuffle(planes.reshape(width, count))
@@ -151,6 +151,6 @@ def decode_values(section: bytes, count: int, what: str) -> tuple[np.ndarray, bo
         raw = np.frombuffer(body, dtype=np.uint8)
     storage = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[fmt]
     stored = raw.reshape(-1).view(storage)
-    if fmt == "float32" and stored.dtype == np.dtype(np.float32) and stored.flags.writeable:
-        return stored, relative  # already a fresh float32 array: no copy
-    return from_format(stored, fmt), relative
+    if transform == SHUFFLE_ZSTD and fmt == "float32" and stored.dtype == np.dtype(np.float32):
+        return stored, relative  # already a fresh float32 array of its own: no copy
+    return from_format(stored, fmt), relative  # a copy, never a view of the section
