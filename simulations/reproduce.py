@@ -273,10 +273,10 @@ def run_claim(
     shared, later = claim_layers(claim, overrides, full)
     for seed in seeds:
         for arm in claim.arms:
-            if arm.source:
-                continue  # checked when its source has finished
             config = arm_config(shared, arm, seed_dir(report_dir, seed), seed, later)
             config.check_simulation()
+            if arm.source:
+                continue  # its files are checked when its source has finished
             plan = plan_run(config)
             layout = preflight(config)
             if plan.checkpoint is not None:
