@@ -305,3 +305,14 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     calls.clear()
     run_claim(claim, (0, 1), [], tmp_path / "out", runner, "again")
     assert calls == []  # every run reused
+
+
+def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
+    from simulations.reproduce import only_arms
+
+    gibbs = only_arms(load_claim("gibbs-90"), "l1-filter,gibbs-filter")
+    assert [a.label for a in gibbs.arms] == ["gibbs-filter", "l1-filter"]
+    with pytest.raises(ConfigError, match="l1-filter"):
+        only_arms(load_claim("rethinking-l1"), "scratch-b")
+    with pytest.raises(ConfigError, match="--arms"):
+        only_arms(load_claim("rethinking-l1"), "no-such-arm")
