@@ -355,6 +355,12 @@ def reproduce(
     seeds: Annotated[
         str, typer.Option("--seeds", help="Comma-separated seeds (default: the claim's, at least two).")
     ] = "",
+    arms: Annotated[
+        str,
+        typer.Option(
+            "--arms", help="Comma-separated arms to run (default: all; the report judges what ran)."
+        ),
+    ] = "",
     set_: SetOption = None,
     output: Annotated[
         Path | None,
@@ -374,13 +380,14 @@ def reproduce(
     from server.app import RunError
     from server.checkpoint import CheckpointError
     from simulations.bench import BenchError
-    from simulations.reproduce import load_claim, parse_seeds, run_claim
+    from simulations.reproduce import load_claim, only_arms, parse_seeds, run_claim
     from simulations.runner import SimulationError
     from simulations.runner import simulate as run
 
     command = shlex.join(["fedprune", *sys.argv[1:]])
     try:
         chosen = load_claim(claim)
+        chosen = only_arms(chosen, arms) if arms else chosen
         chosen_seeds = parse_seeds(seeds) if seeds else chosen.spec.seeds
         overrides = [parse_override(text) for text in set_ or []]
         default = Path("results") / f"reproduce-{chosen.name}{'-full' if full else ''}"

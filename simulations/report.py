@@ -1320,17 +1320,17 @@ def claim_markdown(
         f"- **fedprune:** **{result}** on the mean of seeds {', '.join(map(str, seeds))}"
         + (f" (not finished: {', '.join(running)}; provisional)" if running else "")
         + ":",
-        *[judgement_line(j, names) for j in judgements],
+        *["  " + judgement_line(j, names) for j in judgements],
     ]
     if spec.paper_accuracy:
         figures = ", ".join(
             f"`{label}` {value:.2f}% (fedprune {_mean_cell(results.get(label, {}), 'final_accuracy', seeds)})"
             for label, value in spec.paper_accuracy.items()
         )
-        lines.append(f"- The paper's accuracies beside fedprune's means: {figures}.")
+        lines.append(f"  - The paper's accuracies beside fedprune's means: {figures}.")
     for t in timed:
         lines.append(
-            f"- Measured training step of `{t.label}`'s final client model (seed {t.seed}, "
+            f"  - Measured training step of `{t.label}`'s final client model (seed {t.seed}, "
             f"batch {t.batch_size}, one thread): **{t.shrunk_ms:.1f} ms** shrunk "
             f"({t.parameters[1]:,} parameters) against "
             f"{t.dense_ms:.1f} ms dense ({t.parameters[0]:,}): **{t.shrunk_ms / t.dense_ms:.3f}x** "

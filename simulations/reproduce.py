@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,6 +193,25 @@ def beside(flat: dict[str, object], preset: Path) -> dict[str, object]:
     return flat
 
 
+def only_arms(claim: Claim, text: str) -> Claim:
+    """``claim`` with only the arms named in ``text`` (comma-separated), in the claim's order.
+
+    An arm that starts from another (``source``) needs that arm too.
+    """
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    labels = [a.label for a in claim.arms]
+    unknown = [n for n in names if n not in labels]
+    if not names or unknown:
+        raise ConfigError("--arms", text, f"arms of {claim.name}, comma-separated: {labels}", what="option")
+    kept = tuple(a for a in claim.arms if a.label in names)
+    missing = [a.source for a in kept if a.source and a.source not in names]
+    if missing:
+        raise ConfigError(
+            "--arms", text, f"the arms it starts from too ({', '.join(missing)})", what="option"
+        )
+    return replace(claim, arms=kept)
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"0,1"`` as seeds; each a distinct integer >= 0."""
     try:
@@ -273,10 +292,10 @@ def run_claim(
     shared, later = claim_layers(claim, overrides, full)
     for seed in seeds:
         for arm in claim.arms:
-            if arm.source:
-                continue  # checked when its source has finished
             config = arm_config(shared, arm, seed_dir(report_dir, seed), seed, later)
             config.check_simulation()
+            if arm.source:
+                continue  # its files are checked when its source has finished
             plan = plan_run(config)
             layout = preflight(config)
             if plan.checkpoint is not None:

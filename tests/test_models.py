@@ -177,3 +177,39 @@ def test_conv2_linear_layers_are_initialised_as_prunefls_leaf_conv2():
     # biases and convolutions keep torch's defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert float(model.fc2.bias.abs().max()) <= 1 / math.sqrt(2048)
     assert float(model.conv1.weight.abs().max()) <= 1 / math.sqrt(25)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_cifar_resnets_shrink_to_what_their_channel_mask_computes(name):
+    """Option-A shortcuts tie input channel c to output channels c and c + C_in, so removing half
+    of every channel group's channels physically gives the masked model's outputs (and 1/4 of the
+    weights: every group halves, so every conv keeps a quarter)."""
+    import numpy as np
+
+    from common.pruning.channels import structure_for
+    from common.pruning.l1filter import channel_scores, keep_channels
+    from common.pruning.shrink import count_parameters, removable_channels, shrink_model
+    from common.training import load_flat
+
+    shape = (3, 32, 32)
+    model = build_model(name, 10, shape, seed=0)
+    layout = ModelLayout.from_model(model)
+    structure = structure_for(name, 10, shape)
+    assert sorted({g.channels for g in structure.groups}) == [16, 32, 64]
+    floats, ints = layout.flatten(model.state_dict())
+    alive = [np.ones(g.channels, dtype=bool) for g in structure.groups]
+    keep = keep_channels(channel_scores(floats, layout, structure), alive, 0.5)
+    mask = structure.channel_mask(keep, layout.full_mask())
+    masked_floats = np.where(mask, floats, np.float32(0))
+    small = shrink_model(
+        model, layout, masked_floats, ints, removable_channels(structure, mask), torch.zeros(1, *shape)
+    )
+    masked = build_model(name, 10, shape, seed=0)
+    load_flat(masked, layout, masked_floats, ints)
+    inputs = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
+    masked.eval()
+    small.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small.model(inputs), masked(inputs), atol=1e-5, rtol=1e-4)
+    assert layout.density(mask) == pytest.approx(0.25, abs=0.005)
+    assert count_parameters(small.model) < 0.26 * count_parameters(model)

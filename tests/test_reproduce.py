@@ -245,6 +245,9 @@ method = "none"
 method = "magnitude"
 pruning.magnitude.target-density = 0.5
 pruning.magnitude.schedule = "one-shot"
+[arms.l1]
+method = "l1-filter"
+pruning.l1-filter.target-density = 0.5
 [arms.scratch-b]
 method = "rethinking"
 source = "magnitude"
@@ -255,6 +258,7 @@ paper = "magnitude pruning to half loses nothing"
 seeds = [0, 1]
 scaled = "digits, 3 clients, 2 rounds"
 differs = "everything"
+step-time = ["l1"]
 [[claim.criteria]]
 kind = "accuracy-gap"
 subject = "magnitude"
@@ -280,9 +284,11 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
 
     claim = load_claim(str(preset))
     report = run_claim(claim, (0, 1), [], tmp_path / "out", runner, "fedprune reproduce tiny.toml")
-    assert calls == [(a, s) for s in (0, 1) for a in ("none", "magnitude", "scratch-b")]
+    assert calls == [(a, s) for s in (0, 1) for a in ("none", "magnitude", "l1", "scratch-b")]
     text = report.read_text()
     assert "## Answer" in text and "**PASS**" in text and "fedprune reproduce tiny.toml" in text
+    # the shrunk client model of the L1-filter run (half of every group's channels) is timed
+    assert "Measured training step of `l1`'s final client model (seed 0, batch 32, one thread)" in text
     # scratch-B trains min(2, FLOPs ratio) x the configured round: 2 rounds
     rounds = (tmp_path / "out" / "runs" / "seed-1" / "scratch-b" / "rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + 3
@@ -299,3 +305,14 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     calls.clear()
     run_claim(claim, (0, 1), [], tmp_path / "out", runner, "again")
     assert calls == []  # every run reused
+
+
+def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
+    from simulations.reproduce import only_arms
+
+    gibbs = only_arms(load_claim("gibbs-90"), "l1-filter,gibbs-filter")
+    assert [a.label for a in gibbs.arms] == ["gibbs-filter", "l1-filter"]
+    with pytest.raises(ConfigError, match="l1-filter"):
+        only_arms(load_claim("rethinking-l1"), "scratch-b")
+    with pytest.raises(ConfigError, match="--arms"):
+        only_arms(load_claim("rethinking-l1"), "no-such-arm")

@@ -12,7 +12,9 @@
   global average pooling and a linear layer; shortcuts are identities, with
   stride-2 subsampling and zero-padded channels where the shape changes (option A),
   so they hold no parameters: 0.27M (269,722) and 0.85M (853,018) parameters with
-  10 classes, as in the paper's Table 6.
+  10 classes, as in the paper's Table 6. The zero channels follow the identity ones
+  (:class:`PadShortcut`), as in the common reference implementations' ``F.pad`` form
+  up to the order of the channels, which no layer depends on.
 
 PruneFL never prunes ResNet's 1x1 downsample convolutions, so ``resnet18`` lists
 them in ``never_pruned`` (module names, see :mod:`common.layout`).
@@ -47,17 +49,31 @@ class BasicBlock(nn.Module):
 
 
 class PadShortcut(nn.Module):
-    """He et al.'s option A: subsample by ``stride`` and zero-pad the new channels."""
+    """He et al.'s option A: subsample by ``stride`` and append zero channels.
 
-    def __init__(self, stride: int, extra_channels: int) -> None:
+    Every stage of the CIFAR ResNets doubles the channels, so the shortcut is
+    ``cat([x, 0 * x])`` along the channels: the identity in the first half, zeros in
+    the second. Written with ``cat`` (not ``F.pad``) so that Torch-Pruning's dependency
+    graph sees which output channel reads which input channel: it ties input channel c
+    to output channels c and c + C_in, and a channel mask then removes all of them
+    together, so the physically smaller model (:mod:`common.pruning.shrink`) computes
+    what the masked one does. ``F.pad`` on the channel dimension is traced as if it kept
+    the channel count, which ties the wrong channels and breaks the shrunk model.
+    """
+
+    def __init__(self, stride: int, extra_channels: int, in_channels: int) -> None:
         super().__init__()
+        if extra_channels != in_channels:
+            raise ValueError(
+                f"option-A shortcuts here double the channels ({in_channels} -> {2 * in_channels}), "
+                f"not {in_channels} -> {in_channels + extra_channels}"
+            )
         self.stride = stride
         self.extra = extra_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        half = self.extra // 2
-        return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+        return torch.cat([x, x * 0], dim=1)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -130,7 +146,7 @@ class CifarResNet(nn.Module):
                 stride = 2 if stage > 0 and index == 0 else 1
                 shortcut: nn.Module = nn.Identity()
                 if stride != 1 or in_channels != width_out:
-                    shortcut = PadShortcut(stride, width_out - in_channels)
+                    shortcut = PadShortcut(stride, width_out - in_channels, in_channels)
                 blocks.append(BasicBlock(in_channels, width_out, stride, shortcut))
                 in_channels = width_out
             stages.append(nn.Sequential(*blocks))
