@@ -20,7 +20,16 @@ gaps are stored as three separate streams, concatenated and packed MSB first:
 3. the unary quotients: each set bit ends one quotient.
 
 The decoder reads stream 1 as a matrix, counts the long codes to find stream 2,
-and finds the quotients as the distances between the set bits of stream 3.
+and finds the quotients as the distances between the set bits of stream 3; the
+mask decoder takes the positions straight from those set bits
+(:func:`decode_positions`), without the gaps.
+
+Speed (numpy 2.x, measured on the 2-core sandbox): arrays that index are ``np.intp``
+(int32 indices are converted on every use, about 2.5x slower), selections use
+``np.compress`` or ``np.flatnonzero`` (a boolean index is several times slower),
+differences and running sums are written in place (``np.diff`` with ``prepend``
+copies first; ``np.cumsum`` of int32 into int64 is several times slower than a
+conversion and an in-place cumsum), and remainders below 256 are bytes.
 """
 
 from __future__ import annotations
