@@ -1317,7 +1317,12 @@ def claim_markdown(
         "## Answer",
         "",
         f"- **Paper:** {spec.paper}" + (f" ({spec.reference})" if spec.reference else ""),
-        f"- **fedprune:** **{result}** on the mean of seeds {', '.join(map(str, seeds))}"
+        f"- **fedprune:** **{result}** "
+        + (
+            f"on the mean of seeds {', '.join(map(str, seeds))}"
+            if len(seeds) > 1
+            else f"on seed {seeds[0]} alone"
+        )
         + (f" (not finished: {', '.join(running)}; provisional)" if running else "")
         + ":",
         *["  " + judgement_line(j, names) for j in judgements],
