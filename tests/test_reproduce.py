@@ -316,3 +316,19 @@ def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
         only_arms(load_claim("rethinking-l1"), "scratch-b")
     with pytest.raises(ConfigError, match="--arms"):
         only_arms(load_claim("rethinking-l1"), "no-such-arm")
+
+
+def test_gibbs_90s_kernel_baseline_is_kernel_magnitude_pruning_at_every_step():
+    """beta 1e4 with coupling 1: every sampled mask is the deterministic kernel mask (10% of the
+    kernels of largest mean w^2, all-or-nothing), i.e. kernel-wise magnitude pruning."""
+    import torch
+
+    from common.pruning.gibbs_sampling import deterministic_mask, sample_mask
+
+    flat = load_claim("gibbs-90").arm("magnitude-kernel").overrides
+    beta, coupling = flat["pruning.gibbs.beta-end"], flat["pruning.gibbs.kernel-coupling"]
+    assert flat["pruning.gibbs.beta-start"] == beta and flat["pruning.gibbs.mode"] == "kernel"
+    weight = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0))
+    for seed in range(3):
+        sampled = sample_mask(weight, 9, 0.1, beta, coupling, True, torch.Generator().manual_seed(seed))
+        assert torch.equal(sampled.bool(), deterministic_mask(weight, 9, 0.1))
