@@ -306,6 +306,16 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     run_claim(claim, (0, 1), [], tmp_path / "out", runner, "again")
     assert calls == []  # every run reused
 
+    # --report-only: the report of the runs there, with a seed that has not run, nothing run
+    from simulations.reproduce import report_claim
+
+    partial = report_claim(claim, (0, 1, 2), tmp_path / "out", "look", into=tmp_path / "look")
+    text = partial.read_text()
+    assert (
+        "**NOT MEASURABLE YET**" in text and "`none` seed 2" in text and "not every seed has finished" in text
+    )
+    assert calls == [] and not (tmp_path / "out" / "runs" / "seed-2").exists()
+
 
 def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
     from simulations.reproduce import only_arms
