@@ -370,6 +370,10 @@ def reproduce(
             help="Report folder (default: results/reproduce-<claim>[-full]); runs reused and resumed there.",
         ),
     ] = None,
+    report_only: Annotated[
+        bool,
+        typer.Option("--report-only", help="Write the report of the runs already there; run nothing."),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a source paper's headline claim federated, at two seeds or more, and judge it: one report."""
@@ -380,7 +384,7 @@ def reproduce(
     from server.app import RunError
     from server.checkpoint import CheckpointError
     from simulations.bench import BenchError
-    from simulations.reproduce import load_claim, only_arms, parse_seeds, run_claim
+    from simulations.reproduce import load_claim, only_arms, parse_seeds, report_claim, run_claim
     from simulations.runner import SimulationError
     from simulations.runner import simulate as run
 
@@ -395,8 +399,11 @@ def reproduce(
     except ConfigError as exc:
         raise _fail(exc, 2) from None
     try:
-        runner = functools.partial(run, verbose=verbose)
-        path = run_claim(chosen, chosen_seeds, overrides, report_dir, runner, command, full, verbose)
+        if report_only:
+            path = report_claim(chosen, chosen_seeds, report_dir, command, full)
+        else:
+            runner = functools.partial(run, verbose=verbose)
+            path = run_claim(chosen, chosen_seeds, overrides, report_dir, runner, command, full, verbose)
     except (ConfigError, BenchError, CheckpointError, RunError) as exc:
         raise _fail(exc, 2) from None
     except (SimulationError, RuntimeError) as exc:

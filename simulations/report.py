@@ -1017,6 +1017,9 @@ def judgement_line(j: Judgement, names: dict[str, str]) -> str:
         f"seed {s} {v:+.2f} points" if c.kind == "accuracy-gap" else f"seed {s} {v:.4f}"
         for s, v in j.per_seed.items()
     )
+    if math.isnan(j.value):
+        what = f"minus `{c.reference}`" if c.kind == "accuracy-gap" else c.kind
+        return f"- {says}`{c.subject}` {what}: not every seed has finished ({seeds or 'none yet'}): {result}."
     if c.kind == "accuracy-gap":
         need = f"{'>' if c.strict else '>='} {c.min_gap:+.2f}"
         by = "" if j.passed is None else f", {'by' if j.passed else 'short by'} {abs(j.margin):.2f} points"
@@ -1137,7 +1140,8 @@ def claim_table_markdown(
                 cells.append("not run")
             else:
                 cells.append(
-                    f"{r.final_accuracy:.4f}" + ("" if r.complete else f" (round {r.rounds}, running)")
+                    ("-" if math.isnan(r.final_accuracy) else f"{r.final_accuracy:.4f}")
+                    + ("" if r.complete else f" (round {r.rounds}, running)")
                 )
         density = seed_mean(by_seed, "final_density", seeds)
         rounds = sorted({r.planned_rounds for r in by_seed.values()})
@@ -1317,7 +1321,12 @@ def claim_markdown(
         "## Answer",
         "",
         f"- **Paper:** {spec.paper}" + (f" ({spec.reference})" if spec.reference else ""),
-        f"- **fedprune:** **{result}** on the mean of seeds {', '.join(map(str, seeds))}"
+        f"- **fedprune:** **{result}** "
+        + (
+            f"on the mean of seeds {', '.join(map(str, seeds))}"
+            if len(seeds) > 1
+            else f"on seed {seeds[0]} alone"
+        )
         + (f" (not finished: {', '.join(running)}; provisional)" if running else "")
         + ":",
         *["  " + judgement_line(j, names) for j in judgements],

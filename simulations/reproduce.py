@@ -335,6 +335,23 @@ def run_claim(
     return write_claim_report(report_dir, claim, folders, command, environment(load_before), notes, full=full)
 
 
+def report_claim(
+    claim: Claim,
+    seeds: Sequence[int],
+    report_dir: Path,
+    command: str,
+    full: bool = False,
+    into: Path | None = None,
+) -> Path:
+    """The report of the runs already in ``report_dir`` (finished or running), written into ``into``
+    (default: ``report_dir``) without running anything: what ``--report-only`` does."""
+    folders = {
+        seed: {arm.label: seed_dir(report_dir, seed) / arm.label for arm in claim.arms} for seed in seeds
+    }
+    notes = ["Written with --report-only: nothing was run by this call; unfinished runs are marked running."]
+    return write_claim_report(into or report_dir, claim, folders, command, environment(), notes, full=full)
+
+
 def write_claim_report(
     report_dir: Path,
     claim: Claim,
@@ -405,5 +422,6 @@ __all__ = [
     "claim_names",
     "load_claim",
     "parse_seeds",
+    "report_claim",
     "run_claim",
 ]

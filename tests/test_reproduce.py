@@ -306,6 +306,16 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     run_claim(claim, (0, 1), [], tmp_path / "out", runner, "again")
     assert calls == []  # every run reused
 
+    # --report-only: the report of the runs there, with a seed that has not run, nothing run
+    from simulations.reproduce import report_claim
+
+    partial = report_claim(claim, (0, 1, 2), tmp_path / "out", "look", into=tmp_path / "look")
+    text = partial.read_text()
+    assert (
+        "**NOT MEASURABLE YET**" in text and "`none` seed 2" in text and "not every seed has finished" in text
+    )
+    assert calls == [] and not (tmp_path / "out" / "runs" / "seed-2").exists()
+
 
 def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
     from simulations.reproduce import only_arms
@@ -316,3 +326,19 @@ def test_arms_selects_some_arms_in_the_claims_order_with_their_sources():
         only_arms(load_claim("rethinking-l1"), "scratch-b")
     with pytest.raises(ConfigError, match="--arms"):
         only_arms(load_claim("rethinking-l1"), "no-such-arm")
+
+
+def test_gibbs_90s_kernel_baseline_is_kernel_magnitude_pruning_at_every_step():
+    """beta 1e4 with coupling 1: every sampled mask is the deterministic kernel mask (10% of the
+    kernels of largest mean w^2, all-or-nothing), i.e. kernel-wise magnitude pruning."""
+    import torch
+
+    from common.pruning.gibbs_sampling import deterministic_mask, sample_mask
+
+    flat = load_claim("gibbs-90").arm("magnitude-kernel").overrides
+    beta, coupling = flat["pruning.gibbs.beta-end"], flat["pruning.gibbs.kernel-coupling"]
+    assert flat["pruning.gibbs.beta-start"] == beta and flat["pruning.gibbs.mode"] == "kernel"
+    weight = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0))
+    for seed in range(3):
+        sampled = sample_mask(weight, 9, 0.1, beta, coupling, True, torch.Generator().manual_seed(seed))
+        assert torch.equal(sampled.bool(), deterministic_mask(weight, 9, 0.1))
