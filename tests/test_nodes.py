@@ -138,6 +138,17 @@ def test_eager_book_describes_everyone_at_once_and_samples_by_partition():
     assert len(grid.asked) == 10  # sampling asks nobody
 
 
+def test_eager_book_describes_late_joiners_and_forgets_nodes_that_leave():
+    grid = federation(visible=6)  # a deployment: 6 SuperNodes connected so far
+    book = bound(NodeBook(), grid)
+    assert sorted(grid.asked) == sorted(IDS[:6]) and len(book) == 6
+    grid.order, grid.visible = [n for n in IDS if n != IDS[2]], 9  # 7, 8 and 9 joined; 2 left
+    book.refresh(grid, *_same_describer(book))
+    assert sorted(grid.asked) == sorted(IDS)  # only the new ones asked
+    assert len(book) == 9 and book.by_partition(2) is None and book.find(7).node_id == IDS[7]
+    assert partitions(book.sample(1, 0, seed=0)) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+
+
 def test_lazy_book_describes_only_the_sampled_nodes_each_once():
     grid = federation()
     exchanges: list = []
