@@ -268,13 +268,11 @@ def mask_version(metrics: MetricRecord | Mapping[str, object], current: int) -> 
         raise RejectedReply("mask-version", f"unknown mask version {version}; the current one is {current}")
 
 
-def finite_array(name: str, array: np.ndarray, nonnegative: bool = False) -> None:
-    """Raise ``non-finite`` if ``array`` holds NaN or Inf (or, optionally, a negative entry)."""
+def finite_array(name: str, array: np.ndarray) -> None:
+    """Raise ``non-finite`` if ``array`` holds NaN or Inf."""
     if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise RejectedReply("non-finite", f"array {name!r} holds {bad} NaN or Inf entries")
-    if nonnegative and (array < 0).any():
-        raise RejectedReply("non-finite", f"array {name!r} holds negative entries; it must be >= 0")
 
 
 # -- per message type ----------------------------------------------------------------

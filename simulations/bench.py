@@ -45,10 +45,8 @@ import math
 import os
 import platform
 import subprocess
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +59,7 @@ from server.phases import SERVER_PHASES
 from server.progress import RunProgress
 from server.results import CONFIG_FILE, PHASES_FILE, SUMMARY_FILE, read_rounds
 from simulations.compare import NEEDS_SOURCE, preset_method_keys
-from simulations.presets import BENCH_PACKAGE, bundled_preset, preset_path
+from simulations.presets import BENCH_PACKAGE, load_preset_table, preset_names, preset_path
 from simulations.report import COUNTINGS, PaperFigures, TableRow, table_rows
 
 if TYPE_CHECKING:
@@ -111,24 +109,12 @@ class Targets:
 
 def bench_presets() -> list[str]:
     """Names of the bundled bench presets."""
-    folder = resources.files(BENCH_PACKAGE)
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return preset_names(BENCH_PACKAGE)
 
 
 def load_bench_preset(name: str) -> BenchPreset:
     """A bundled bench preset by name, or a bench preset file by path."""
-    path = Path(name)
-    if not path.is_file():
-        bundled = bundled_preset(name, BENCH_PACKAGE)
-        if bundled is None:
-            raise ConfigError(
-                "preset", name, f"a bench preset file or one of {bench_presets()}", what="argument"
-            )
-        path = bundled
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("preset", str(path), f"a valid TOML file ({exc})", what="argument") from exc
+    path, table = load_preset_table(name, BENCH_PACKAGE, "preset", "bench preset")
     bench = table.get("bench", {})
     unknown = set(table) - {"bench", "set", "targets", "paper"} | set(bench) - {
         "description",

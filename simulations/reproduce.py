@@ -25,10 +25,8 @@ latest checkpoint (:func:`simulations.bench.plan_run`), and the report
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +44,7 @@ from simulations.bench import (
     shared_setting,
 )
 from simulations.compare import preset_method_keys
-from simulations.presets import bundled_preset
+from simulations.presets import load_preset_table, preset_names
 from simulations.report import (
     ClaimSpec,
     arm_results,
@@ -99,8 +97,7 @@ class Claim:
 
 def claim_names() -> list[str]:
     """Names of the bundled claim presets."""
-    folder = resources.files(CLAIMS_PACKAGE)
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return preset_names(CLAIMS_PACKAGE)
 
 
 def _error(key: str, value: object, allowed: str) -> ConfigError:
@@ -141,18 +138,7 @@ def read_arms(table: dict) -> tuple[Arm, ...]:
 
 def load_claim(name: str) -> Claim:
     """A bundled claim preset by name, or a claim preset file by path, checked."""
-    path = Path(name)
-    if not path.is_file():
-        bundled = bundled_preset(name, CLAIMS_PACKAGE)
-        if bundled is None:
-            raise ConfigError(
-                "claim", name, f"a claim preset file or one of {claim_names()}", what="argument"
-            )
-        path = bundled
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("claim", str(path), f"a valid TOML file ({exc})", what="argument") from exc
+    path, table = load_preset_table(name, CLAIMS_PACKAGE, "claim", "claim preset")
     unknown = set(table) - {"bench", "set", "arms", "claim", "full"}
     if unknown:
         raise ConfigError(

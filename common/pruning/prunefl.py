@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -42,7 +43,6 @@ from .base import (
     InitialDataSpec,
     InitialPruning,
     InitialPruningStep,
-    MethodEnv,
     MethodSettings,
     PruningMethod,
     RoundUpdate,
@@ -109,9 +109,10 @@ class PruneFL(PruningMethod):
     Settings = PruneFLSettings
     settings: PruneFLSettings
 
-    def __init__(self, settings: PruneFLSettings, env: MethodEnv) -> None:
-        super().__init__(settings, env)
-        self.importance = ImportanceAccumulator(env.layout)
+    @cached_property
+    def importance(self) -> ImportanceAccumulator:
+        """S over the model, allocated when first merged, read or restored (not on the clients)."""
+        return ImportanceAccumulator(self.env.layout)
 
     def needs_initial_data(self) -> bool:
         return self.settings.initial_pruning != "off"
