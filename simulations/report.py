@@ -999,12 +999,14 @@ MIN_SEEDS = 2  # a pass needs the mean of at least this many seeds
 
 
 def verdict(judgements: Sequence[Judgement], seeds: int = MIN_SEEDS) -> str:
-    """PASS when every criterion passes on the mean of at least two seeds, MISS when one fails,
-    else NOT MEASURABLE (runs missing or unfinished, or a single seed)."""
+    """On the mean of at least two seeds: PASS when every criterion passes, MISS when one fails,
+    else NOT MEASURABLE YET (runs missing or unfinished); with a single seed, NOT MEASURABLE."""
+    if seeds < MIN_SEEDS:
+        return "NOT MEASURABLE (a verdict needs the mean of two seeds)"
     if any(j.passed is False for j in judgements):
         return "MISS"
     if judgements and all(j.passed for j in judgements):
-        return "PASS" if seeds >= MIN_SEEDS else "NOT MEASURABLE (a pass needs the mean of two seeds)"
+        return "PASS"
     return "NOT MEASURABLE YET"
 
 
