@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,27 @@ def _configure_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
+_built = threading.local()
+
+
+def _thread_model(name: str, source: DatasetSource, device: torch.device) -> nn.Module:
+    """This thread's model of that architecture, built once and reused by every later message.
+
+    Building Conv-2 (6.6M weights, initialised) costs tens of milliseconds a message;
+    a handler overwrites every parameter and buffer of the model it is given
+    (:func:`load_model`: a strict ``load_state_dict``) before using it, and handlers of
+    one thread run one at a time, so a model per thread and architecture is never shared
+    by two handlers at once. Methods that change a model's shape work on copies
+    (:func:`common.pruning.shrink.shrink_model`).
+    """
+    models: dict[tuple, nn.Module] = _built.__dict__.setdefault("models", {})
+    key = (name, source.num_classes, tuple(source.input_shape), str(device))
+    if key not in models:
+        models.clear()  # one architecture at a time: a process serves one run
+        models[key] = build_model(name, source.num_classes, source.input_shape).to(device)
+    return models[key]
+
+
 def prepare(message: Message, context: Context) -> Job:
     """Parse the task, load this node's data and build the model."""
     _configure_threads()
@@ -123,7 +145,7 @@ def prepare(message: Message, context: Context) -> Job:
     source = DATASETS[spec.dataset]
     data = client_data(spec, Path(str(data_dir)) if data_dir else None, num_partitions, partition_id)
     device = node_device(context)
-    model = build_model(spec.model, source.num_classes, source.input_shape).to(device)
+    model = _thread_model(spec.model, source, device)
     layout = ModelLayout.from_model(model)
     if spec.layout and spec.layout != layout.fingerprint:
         raise BadMessage(
@@ -134,16 +156,32 @@ def prepare(message: Message, context: Context) -> Job:
     return Job(spec, partition_id, num_partitions, data, source, model, layout, state, device)
 
 
-def load_model(job: Job, record: ArrayRecord) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the model into ``job.model``; return the mask in force and the kept values received."""
+@dataclass(frozen=True)
+class Received:
+    """The model a message carried: its mask, the mask's kept indices and the kept values."""
+
+    mask: np.ndarray
+    kept: np.ndarray | None  # np.flatnonzero(mask), faster to gather by than the mask; None: all kept
+    values: np.ndarray
+
+    def gather(self, floats: np.ndarray) -> np.ndarray:
+        """``floats[mask]``: the values at the kept positions (``floats`` itself when all are kept)."""
+        return floats if self.kept is None else floats.take(self.kept)
+
+
+def load_model(job: Job, record: ArrayRecord) -> Received:
+    """Decode the model into ``job.model``; return what was received."""
     mask = job.state.resolve_mask(record, job.spec.mask_version)
     payload = decode_payload(record, job.layout, mask)
     if not np.isfinite(payload.values).all():
         raise BadMessage("the model's values contain NaN or Inf")
-    floats = np.zeros(job.layout.num_floats, dtype=np.float32)
-    floats[np.flatnonzero(mask)] = payload.values  # by index: several times faster than by mask
+    if mask.all():  # dense: the values are the model's floats as they are
+        kept, floats = None, payload.values
+    else:
+        kept, floats = np.flatnonzero(mask), np.zeros(job.layout.num_floats, dtype=np.float32)
+        floats[kept] = payload.values
     load_flat(job.model, job.layout, floats, payload.counters)
-    return mask, payload.values
+    return Received(mask, kept, payload.values)
 
 
 def _arrays(message: Message) -> ArrayRecord:
@@ -244,7 +282,8 @@ def train(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
     spec, layout = job.spec, job.layout
     prepared = time.monotonic()
-    mask, start_values = load_model(job, _arrays(message))
+    received = load_model(job, _arrays(message))
+    mask = received.mask
     decoded, train_start = time.monotonic(), time.time()
     config = message.content.config_records[keys.CONFIG]
     client_config = method_config(config)
@@ -269,8 +308,9 @@ def train(message: Message, context: Context) -> RecordDict:
     # a client that chose its own mask (Gibbs) sends its values whole, with that mask
     lossy = spec.wire.lossy_values and own_mask is None
     if own_mask is None:
-        kept = floats[mask]
-        payload = ModelPayload(kept - start_values if lossy else kept, ints, statistic=upload, relative=lossy)
+        kept = received.gather(floats)
+        sent = kept - received.values if lossy else kept
+        payload = ModelPayload(sent, ints, statistic=upload, relative=lossy)
     else:
         payload = ModelPayload(floats[own_mask], ints, mask=own_mask, statistic=upload)
     arrays = encode_payload(payload, layout, spec.wire)
@@ -300,7 +340,7 @@ def train(message: Message, context: Context) -> RecordDict:
 @_handled
 def initial_pruning(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
-    mask, _ = load_model(job, _arrays(message))
+    mask = load_model(job, _arrays(message)).mask
     config = message.content.config_records[keys.CONFIG]
     method = _method(job, config)
     try:

@@ -47,7 +47,9 @@ class FederationSettings(Section):
     clip_factor: float = 2.0  # clip: updates clipped to this multiple of the round's median update norm
     trim_fraction: float = 0.2  # trimmed-mean: share of the weight cut at each end, per position
     outlier_factor: float = 10.0  # replies whose update norm exceeds this multiple of the model's: outlier
-    outlier_median_factor: float = 4.0  # ... or this multiple of the round's median update norm (0 = off)
+    # ... or this multiple of the round's median update norm; 0 = off (the default: honest digits
+    # rounds reach 14x the median, docs/robustness.md)
+    outlier_median_factor: float = 0.0
     statistic_factor: float = 10.0  # a client's statistic is clipped to this multiple of the round's median
 
     def validate(self) -> None:

@@ -25,18 +25,37 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Elements per block of the running sum: its float64 accumulators (2 x 512 KiB) stay in the
+# cache while every client's block is added, instead of streaming a float64 copy of each whole
+# vector through memory (about 4x less memory traffic on a dense Conv-2 round).
+BLOCK = 1 << 16
+
 
 def weighted_average(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """sum_c v_c * (w_c / sum w), accumulated in float64, returned as float32."""
+    """sum_c v_c * (w_c / sum w), accumulated in float64, returned as float32.
+
+    The sum runs block by block (:data:`BLOCK` elements), each element's terms added
+    in client order from 0.0: bit for bit the same as summing whole float64 vectors.
+    """
     if not vectors:
         raise ValueError("cannot average zero vectors")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"aggregation weights must sum to a positive number, got {total}")
-    out = np.zeros(vectors[0].shape, dtype=np.float64)
-    for vector, weight in zip(vectors, weights, strict=True):
-        out += vector.astype(np.float64) * (weight / total)
-    return out.astype(np.float32)
+    flat = [np.asarray(vector).reshape(-1) for vector in vectors]
+    scales = [weight / total for weight in weights]
+    out = np.empty(flat[0].shape, dtype=np.float32)
+    acc = np.empty(min(BLOCK, out.size), dtype=np.float64)
+    term = np.empty_like(acc)
+    for start in range(0, out.size, BLOCK):
+        stop = min(start + BLOCK, out.size)
+        a, t = acc[: stop - start], term[: stop - start]
+        a.fill(0.0)
+        for vector, scale in zip(flat, scales, strict=True):
+            np.multiply(vector[start:stop], scale, out=t, dtype=np.float64)
+            a += t
+        out[start:stop] = a
+    return out.reshape(np.shape(vectors[0]))
 
 
 def masked_fedavg(
@@ -44,10 +63,15 @@ def masked_fedavg(
     mask: np.ndarray,
     kept_values: Sequence[np.ndarray],
     weights: Sequence[float],
+    kept: np.ndarray | None = None,
 ) -> np.ndarray:
-    """New flat weights: the weighted mean at kept positions, ``floats`` elsewhere."""
+    """New flat weights: the weighted mean at kept positions, ``floats`` elsewhere.
+
+    ``kept`` are the mask's kept indices when the caller has them (``np.flatnonzero(mask)``):
+    writing by index is several times faster than by a boolean mask.
+    """
     new = floats.copy()
-    new[mask] = weighted_average(kept_values, weights)
+    new[np.flatnonzero(mask) if kept is None else kept] = weighted_average(kept_values, weights)
     return new
 
 

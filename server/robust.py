@@ -157,11 +157,15 @@ def aggregate_masked(
     *,
     clip_factor: float = 2.0,
     trim_fraction: float = 0.2,
+    kept: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Every reply on the global ``mask``: ``mean`` is exactly :func:`masked_fedavg`."""
+    """Every reply on the global ``mask``: ``mean`` is exactly :func:`masked_fedavg`.
+
+    ``kept`` are the mask's kept indices, when the caller has them cached.
+    """
+    kept = np.flatnonzero(mask) if kept is None else kept
     if rule == "mean":
-        return masked_fedavg(floats, mask, values, weights)
-    kept = np.flatnonzero(mask)
+        return masked_fedavg(floats, mask, values, weights, kept)
     compact = robust_average(
         floats[kept],
         [np.ones(len(kept), dtype=bool)] * len(values),

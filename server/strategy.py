@@ -386,7 +386,14 @@ class PruningFedAvg(Strategy):
             masks = [r.mask for r in accepted]
             floats = robust_average(model.floats, masks, values, weights, **rule)  # type: ignore[arg-type]
         else:
-            floats = aggregate_masked(model.floats, model.mask, values, weights, **rule)  # type: ignore[arg-type]
+            floats = aggregate_masked(
+                model.floats,
+                model.mask,
+                values,
+                weights,
+                kept=model.kept_positions(),
+                **rule,  # type: ignore[arg-type]
+            )
         ints = aggregate_counters([r.counters for r in accepted], weights, fed.aggregation)
         self.messenger.ledger.record((r.node.node_id for r in accepted), model.mask_version)
         poisoned = self._poisoned(floats)
@@ -405,7 +412,8 @@ class PruningFedAvg(Strategy):
         """Why the aggregate ``floats`` must not be used ("" when it may be)."""
         if not np.isfinite(floats).all():
             return f"holds {int(np.count_nonzero(~np.isfinite(floats)))} NaN or Inf values"
-        step = float(np.linalg.norm(floats.astype(np.float64) - self.model.floats))
+        with np.errstate(over="ignore"):  # float32: a threshold, not a figure; overflow reads as inf
+            step = float(np.linalg.norm(floats - self.model.floats))
         factor = self.config.federation.outlier_factor
         if step > factor * self.model_norm:
             return (

@@ -4,12 +4,28 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from server.aggregation import average_counters, masked_fedavg, weighted_average
+from server.aggregation import BLOCK, average_counters, masked_fedavg, weighted_average
 
 
 def test_weighted_average_hand_computed():
     out = weighted_average([np.array([1.0, 2.0], np.float32), np.array([3.0, 6.0], np.float32)], [1, 3])
     np.testing.assert_allclose(out, [2.5, 5.0])
+
+
+def test_blocked_average_equals_whole_vector_float64_sums_bit_for_bit():
+    """The block-wise sum adds each element's terms in the same order from 0.0 as the plain formula."""
+    rng = np.random.default_rng(3)
+    n = 2 * BLOCK + 17  # two whole blocks and a short one
+    vectors = [rng.normal(size=n).astype(np.float32) for _ in range(5)]
+    vectors[0][:3] = [-0.0, 0.0, np.float32(1e-30)]
+    vectors[1][:3] = [-0.0, -0.0, np.float32(-1e-30)]
+    weights = [3.0, 1.0, 7.0, 2.0, 5.0]
+    expected = np.zeros(n, dtype=np.float64)
+    for vector, weight in zip(vectors, weights, strict=True):
+        expected += vector.astype(np.float64) * (weight / sum(weights))
+    out = weighted_average(vectors, weights)
+    assert out.dtype == np.float32
+    assert out.tobytes() == expected.astype(np.float32).tobytes()
 
 
 def test_pruned_positions_keep_their_stale_value():
