@@ -14,8 +14,10 @@ message type                   what the node does
 
 Every setting of a round arrives in the message (see :class:`common.task.TaskSpec`);
 the SuperNode's ``--node-config`` gives ``partition-id``, ``num-partitions`` and
-optionally ``data-dir``. A message the node cannot use gets an error reply that
-says why; the node itself never crashes on one.
+optionally ``data-dir``, ``device`` and ``profile`` (the device profile the node
+reports in its description, for the server's modelled round time). A message
+the node cannot use gets an error reply that says why; the node itself never
+crashes on one.
 """
 
 from __future__ import annotations
@@ -175,12 +177,22 @@ def _handled(handler: Callable[[Message, Context], RecordDict]) -> Callable[[Mes
     return wrapper
 
 
+def node_profile(context: Context) -> str:
+    """The device profile this node names (node config ``profile``), "" when it names none."""
+    value = context.node_config.get(keys.NODE_PROFILE, "")
+    if not isinstance(value, str):
+        raise BadMessage(f"node config '{keys.NODE_PROFILE}' = {value!r} must be a profile name")
+    return value
+
+
 @app.query("describe")
 @_handled
 def describe(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
+    profile = node_profile(context)
     return RecordDict(
         {
+            **({keys.CONFIG: ConfigRecord({keys.PROFILE: profile})} if profile else {}),
             keys.METRICS: MetricRecord(
                 {
                     keys.PARTITION_ID: job.partition_id,
@@ -190,7 +202,7 @@ def describe(message: Message, context: Context) -> RecordDict:
                     keys.TRAIN_LABELS: label_histogram(job.data.train, job.source.num_classes),
                     keys.TEST_LABELS: label_histogram(job.data.test, job.source.num_classes),
                 }
-            )
+            ),
         }
     )
 
