@@ -39,7 +39,6 @@ from flwr.supercore import log
 
 from common import keys
 from common.config import AppConfig
-from common.cost_model import CostModel
 from common.pruning import ClientReport, PruningMethod, RoundPlan, RoundUpdate
 from common.pruning.base import ConfigValue
 from common.task import TaskSpec
@@ -51,6 +50,7 @@ from . import validation
 from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
+from .fleet import Fleet, RoundTime
 from .global_model import GlobalModel
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
@@ -103,7 +103,7 @@ class PruningFedAvg(Strategy):
         config: AppConfig,
         model: GlobalModel,
         method: PruningMethod,
-        cost: CostModel,
+        fleet: Fleet,
         nodes: NodeBook,
         messenger: Messenger,
         comm: CommunicationLog,
@@ -114,7 +114,9 @@ class PruningFedAvg(Strategy):
         self.config = config
         self.model = model
         self.method = method
-        self.cost = cost
+        self.fleet = fleet
+        # the reference device's model (cost.profile) with the measured bytes per value, for the method
+        self.cost = fleet.reference
         self.nodes = nodes
         self.messenger = messenger
         self.comm = comm
@@ -449,15 +451,22 @@ class PruningFedAvg(Strategy):
     def _update_round_time(self, server_round: int, accepted: list[TrainReply]) -> None:
         """PruneFL's modelled round time, and c_comm from the bytes measured this round.
 
-        The round lasts as long as its slowest client: E modelled local iterations
-        plus that client's measured bytes (down and up) over the link. c_comm comes
-        from the value bytes of the replies that were accepted, so that a rejected
-        or missing reply does not move the cost model (nor, through it, the mask).
+        The round lasts as long as its slowest sampled client, the straggler
+        (:mod:`server.fleet`): E modelled local iterations on that client's own
+        profile under the mask it trained, plus its measured bytes (down and up)
+        over its own link. c_comm comes from the value bytes of the replies that
+        were accepted, so that a rejected or missing reply does not move the cost
+        model (nor, through it, the mask).
         """
-        compute = self.cost.compute_time(self.model.kept_per_layer())
-        per_node = [self.comm.bytes_of(server_round, "train", node_id) for node_id in self.sent]
-        transfer = max((self.cost.transfer_time(b) for b in per_node), default=0.0)
-        self.row.modelled_round_time_s = compute + transfer
+        kept = self.model.kept_per_layer()
+        timing = RoundTime(
+            tuple(
+                self.fleet.client_time(node, kept, self.comm.bytes_of(server_round, "train", node_id))
+                for node_id, node in self.sent.items()
+            )
+        )
+        self.row.modelled_round_time_s = timing.seconds
+        self.row.record_straggler(timing)
         if accepted:
             down = self.comm.rounds[server_round].down
             bytes_per_client = down.measured.values / down.messages + float(
