@@ -36,6 +36,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from common import keys
+from common.budget import BUDGET_KEEP, BUDGET_PARTITIONS, fraction_for, magnitude_submask
 from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
 from common.device import resolve_device
@@ -216,7 +217,7 @@ def method_config(config: ConfigRecord) -> dict:
     prefixed = {
         k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
     }
-    task = set(TaskSpec.keys())
+    task = set(TaskSpec.keys()) | {BUDGET_PARTITIONS, BUDGET_KEEP}
     own = {k: v for k, v in config.items() if k not in task and not k.startswith(keys.METHOD_PREFIX)}
     return {**own, **prefixed}
 
@@ -249,6 +250,19 @@ def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -
     return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
+def budget_mask(job: Job, config: ConfigRecord, mask: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """The sub-mask this node trains under the round's budget (common/budget.py), None without one."""
+    try:
+        fraction = fraction_for(dict(config), job.partition_id)
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from exc
+    if fraction is None:
+        return None
+    floats = np.zeros(job.layout.num_floats, dtype=np.float32)
+    floats[mask] = values
+    return magnitude_submask(job.layout, floats, mask, fraction)
+
+
 @app.train()
 @_handled
 def train(message: Message, context: Context) -> RecordDict:
@@ -262,10 +276,11 @@ def train(message: Message, context: Context) -> RecordDict:
     client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
     hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
+    trained_mask = budget_mask(job, config, mask, start_values)
     result = hooks.train(
         job.model,
         layout,
-        mask,
+        mask if trained_mask is None else trained_mask,
         job.data.train.on(job.device).batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
@@ -273,6 +288,8 @@ def train(message: Message, context: Context) -> RecordDict:
         hooks.statistic,
     )
     own_mask = hooks.client_mask(job.model, layout, mask)
+    if own_mask is None:
+        own_mask = trained_mask  # a budgeted client's sub-mask travels as its own mask
     upload = hooks.upload(result, layout, mask, spec.mask_version, job.state.method_store())
     trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())
