@@ -3,10 +3,13 @@
 =============================  ================================================
 message type                   what the node does
 =============================  ================================================
-``query.describe``             reports its partition id, data sizes and
-                               samples per class
-``train``                      trains E steps under the mask, replies with the
-                               kept values (and the method's statistics)
+``query.describe``             reports its partition id, data sizes,
+                               samples per class and the device profile it
+                               names (node config ``profile``), if any
+``train``                      trains E steps under the mask (or under its
+                               sub-mask within the round's budget), replies
+                               with the kept values (and the method's
+                               statistics)
 ``train.initial_pruning``      runs the method's initial pruning on its data,
                                replies with the kept values and the new mask
 ``evaluate``                   evaluates the model on its held-out split
