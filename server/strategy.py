@@ -78,9 +78,7 @@ class TrainReply:
     loss: float
     values_bytes: int = 0  # measured bytes of the reply's values
     update_norm: float = 0.0  # ||w_c - w_start||_2 over the values the client trained
-    mask: np.ndarray | None = (
-        None  # the client's own mask, when the round's plan asks for it, or its sub-mask
-    )
+    mask: np.ndarray | None = None  # the client's own mask (the plan asks for it) or its sub-mask
     # a client under a round budget (common/budget.py): ``mask`` is the sub-mask it trained, and
     # the method sees its values on the global mask, the untrained positions at the values sent
     method_values: np.ndarray | None = None
@@ -321,9 +319,9 @@ class PruningFedAvg(Strategy):
         )
         method_values = None
         if budgeted and client_mask is not None:
-            trained = self.model.floats.copy()
+            trained = self.model.floats.copy()  # the values sent where the client did not train
             trained[client_mask] = payload.values
-            method_values = np.where(client_mask, trained, self.model.floats)[self.model.mask]
+            method_values = trained[self.model.mask]
         decoded = TrainReply(
             node,
             payload.values,
@@ -533,11 +531,18 @@ class PruningFedAvg(Strategy):
         self.row.record_straggler(timing)
         if accepted:
             down = self.comm.rounds[server_round].down
-            bytes_per_client = down.measured.values / down.messages + float(
-                np.mean([r.values_bytes for r in accepted])
-            )
             kept = int(np.count_nonzero(self.model.mask))
+            bytes_per_client = down.measured.values / down.messages + float(
+                np.mean([self._values_bytes_at_mask(r, kept) for r in accepted])
+            )
             self.cost = self.cost.with_bytes_per_value(bytes_per_client / kept)
+
+    @staticmethod
+    def _values_bytes_at_mask(reply: TrainReply, kept: int) -> float:
+        """A reply's value bytes, scaled to the global mask's ``kept`` values for a budgeted client."""
+        if reply.method_values is None or not len(reply.values):
+            return float(reply.values_bytes)
+        return reply.values_bytes * kept / len(reply.values)
 
     # -- federated evaluation --------------------------------------------------------------
     def configure_evaluate(
