@@ -8,14 +8,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from client.app import app as client_app
 from common.config import load_config
 from common.cost_model import CostModel
 from common.layout import ModelLayout
 from common.models import build_model
 from common.profile_mix import ProfileMix, ProfileMixError
 from common.settings import ConfigError
+from server.app import run_federation
 from server.fleet import ClientTime, Fleet, RoundTime
 from server.nodes import NodeInfo
+from tests.inprocess_grid import InProcessGrid
 
 PI, JETSON, SANDBOX = "raspberry-pi-4-class", "jetson-orin-nano", "x86-2core-sandbox"
 
@@ -148,3 +151,33 @@ def test_a_profile_without_the_model_stops_the_run():
     layout = ModelLayout.from_model(build_model("conv4", 10, (1, 8, 8)))
     with pytest.raises(ConfigError, match="cost.profile.*no timing for model 'conv4'"):
         Fleet(config, layout)
+
+
+def test_a_node_config_profile_travels_in_the_description(tmp_path, monkeypatch):
+    """Partition 2's node names the Jetson profile in its node config; the others take the list's."""
+    seen: dict[int, str] = {}
+    original = Fleet.client_time
+
+    def spy(self, node, kept, num_bytes):
+        timing = original(self, node, kept, num_bytes)
+        seen[timing.partition_id] = timing.profile
+        return timing
+
+    monkeypatch.setattr(Fleet, "client_time", spy)
+    config = load_config(
+        None,
+        [
+            f"output.dir={tmp_path}",
+            "output.name=run",
+            "simulation.num-clients=3",
+            "federation.rounds=1",
+            "pruning.method=none",
+            f"simulation.profiles={PI},{PI},{PI}",
+        ],
+    )
+
+    def node_config(i: int) -> dict:
+        return {"partition-id": i, "num-partitions": 3, **({"profile": JETSON} if i == 2 else {})}
+
+    run_federation(InProcessGrid(client_app, 3, node_config=node_config), config)
+    assert seen == {0: PI, 1: PI, 2: JETSON}
