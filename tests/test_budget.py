@@ -18,6 +18,7 @@ from common.settings import ConfigError
 from server.aggregation import per_position_fedavg
 from server.app import run_federation
 from server.strategy import PruningFedAvg
+from simulations.report import load_run, straggler_section
 from tests.inprocess_grid import InProcessGrid
 
 PI, SANDBOX = "raspberry-pi-4-class", "x86-2core-sandbox"
@@ -120,3 +121,5 @@ def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_t
     assert [int(r["rejected"]) for r in rows[1:]] == [0, 0]
     assert all(float(r["modelled_round_time_s"]) <= 1.9 + 0.5 for r in rows[1:])
     assert all(r["straggler_profile"] in (PI, SANDBOX) for r in rows[1:])
+    section = straggler_section([load_run(Path(tmp_path) / "run")])
+    assert section is not None and "| 1.9 s |" in section and "Stragglers (modelled)" in section
