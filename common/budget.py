@@ -76,7 +76,12 @@ def magnitude_submask(
 
 
 def budget_entries(fractions: dict[int, float]) -> dict[str, list[int] | list[float]]:
-    """The task-config entries telling the round's budgeted partitions their keep fraction."""
+    """The task-config entries telling the round's budgeted partitions their keep fraction.
+
+    Empty without budgeted clients, so that a run without budgets sends what it always sent.
+    """
+    if not fractions:
+        return {}
     partitions = sorted(fractions)
     return {BUDGET_PARTITIONS: partitions, BUDGET_KEEP: [float(fractions[p]) for p in partitions]}
 

@@ -74,7 +74,7 @@ def test_the_budget_entries_round_trip_and_are_checked():
     entries = budget_entries({4: 0.25, 1: 0.5})
     assert entries == {"fleet.budget-partitions": [1, 4], "fleet.budget-keep": [0.5, 0.25]}
     assert fraction_for(entries, 4) == 0.25 and fraction_for(entries, 2) is None
-    assert fraction_for({}, 0) is None
+    assert fraction_for({}, 0) is None and budget_entries({}) == {}  # no budget: the task as ever
     with pytest.raises(ValueError, match="one length"):
         fraction_for({"fleet.budget-partitions": [1], "fleet.budget-keep": []}, 1)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
