@@ -22,7 +22,7 @@ straggler takes twice the average client's time: the others wait). All of these
 are *modelled* seconds.
 
 PruneFL's greedy reconfiguration keeps using the ``cost.profile`` model (the
-server's reference device); per-client budgets (:mod:`server.budget`) use each
+server's reference device); per-client budgets (:mod:`common.budget`) use each
 client's own.
 """
 
