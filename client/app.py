@@ -3,10 +3,13 @@
 =============================  ================================================
 message type                   what the node does
 =============================  ================================================
-``query.describe``             reports its partition id, data sizes and
-                               samples per class
-``train``                      trains E steps under the mask, replies with the
-                               kept values (and the method's statistics)
+``query.describe``             reports its partition id, data sizes,
+                               samples per class and the device profile it
+                               names (node config ``profile``), if any
+``train``                      trains E steps under the mask (or under its
+                               sub-mask within the round's budget), replies
+                               with the kept values (and the method's
+                               statistics)
 ``train.initial_pruning``      runs the method's initial pruning on its data,
                                replies with the kept values and the new mask
 ``evaluate``                   evaluates the model on its held-out split
@@ -14,8 +17,10 @@ message type                   what the node does
 
 Every setting of a round arrives in the message (see :class:`common.task.TaskSpec`);
 the SuperNode's ``--node-config`` gives ``partition-id``, ``num-partitions`` and
-optionally ``data-dir``. A message the node cannot use gets an error reply that
-says why; the node itself never crashes on one.
+optionally ``data-dir``, ``device`` and ``profile`` (the device profile the node
+reports in its description, for the server's modelled round time). A message
+the node cannot use gets an error reply that says why; the node itself never
+crashes on one.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from common import keys
+from common.budget import BUDGET_KEEP, BUDGET_PARTITIONS, fraction_for, magnitude_submask
 from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
 from common.device import resolve_device
@@ -213,12 +219,22 @@ def _handled(handler: Callable[[Message, Context], RecordDict]) -> Callable[[Mes
     return wrapper
 
 
+def node_profile(context: Context) -> str:
+    """The device profile this node names (node config ``profile``), "" when it names none."""
+    value = context.node_config.get(keys.NODE_PROFILE, "")
+    if not isinstance(value, str):
+        raise BadMessage(f"node config '{keys.NODE_PROFILE}' = {value!r} must be a profile name")
+    return value
+
+
 @app.query("describe")
 @_handled
 def describe(message: Message, context: Context) -> RecordDict:
     job = prepare(message, context)
+    profile = node_profile(context)
     return RecordDict(
         {
+            **({keys.CONFIG: ConfigRecord({keys.PROFILE: profile})} if profile else {}),
             keys.METRICS: MetricRecord(
                 {
                     keys.PARTITION_ID: job.partition_id,
@@ -228,7 +244,7 @@ def describe(message: Message, context: Context) -> RecordDict:
                     keys.TRAIN_LABELS: label_histogram(job.data.train, job.source.num_classes),
                     keys.TEST_LABELS: label_histogram(job.data.test, job.source.num_classes),
                 }
-            )
+            ),
         }
     )
 
@@ -242,7 +258,7 @@ def method_config(config: ConfigRecord) -> dict:
     prefixed = {
         k.removeprefix(keys.METHOD_PREFIX): v for k, v in config.items() if k.startswith(keys.METHOD_PREFIX)
     }
-    task = set(TaskSpec.keys())
+    task = set(TaskSpec.keys()) | {BUDGET_PARTITIONS, BUDGET_KEEP}
     own = {k: v for k, v in config.items() if k not in task and not k.startswith(keys.METHOD_PREFIX)}
     return {**own, **prefixed}
 
@@ -275,6 +291,19 @@ def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -
     return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
+def budget_mask(job: Job, config: ConfigRecord, mask: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """The sub-mask this node trains under the round's budget (common/budget.py), None without one."""
+    try:
+        fraction = fraction_for(dict(config), job.partition_id)
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from exc
+    if fraction is None:
+        return None
+    floats = np.zeros(job.layout.num_floats, dtype=np.float32)
+    floats[mask] = values
+    return magnitude_submask(job.layout, floats, mask, fraction)
+
+
 @app.train()
 @_handled
 def train(message: Message, context: Context) -> RecordDict:
@@ -289,10 +318,11 @@ def train(message: Message, context: Context) -> RecordDict:
     client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
     hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
+    trained_mask = budget_mask(job, config, mask, start_values)
     result = hooks.train(
         job.model,
         layout,
-        mask,
+        mask if trained_mask is None else trained_mask,
         job.data.train.on(job.device).batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
@@ -300,6 +330,8 @@ def train(message: Message, context: Context) -> RecordDict:
         hooks.statistic,
     )
     own_mask = hooks.client_mask(job.model, layout, mask)
+    if own_mask is None:
+        own_mask = trained_mask  # a budgeted client's sub-mask travels as its own mask
     upload = hooks.upload(result, layout, mask, spec.mask_version, job.state.method_store())
     trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())

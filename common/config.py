@@ -10,6 +10,7 @@ one place a flat mapping becomes typed settings; anything invalid raises
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .cost_model import bundled_profiles
 from .data import DATASETS, PARTITIONINGS
 from .device import DEVICE_SPECS, check_device_spec
 from .models import MODELS
+from .profile_mix import ProfileMix, ProfileMixError
 from .pruning import METHODS, MethodSettings, PruningMethod
+from .pruning.structured import StructuredPruning
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
 from .wire import WireFormat
 
@@ -251,8 +255,18 @@ class SimulationSettings(Section):
     client_threads: int = 1  # torch threads per client
     client_gpus: float = 0.0  # Ray GPUs per client; 0.25 = four clients share a GPU
     ray_address: str = ""  # an existing Ray cluster to attach to ("" = $RAY_ADDRESS, else a new one)
+    # device profile per partition (common/profile_mix.py): "name:fraction,..." (a mix, drawn
+    # from federation.seed), "name,name,..." (one per partition), "" = every node on cost.profile
+    profiles: str = ""
 
     def validate(self) -> None:
+        try:
+            mix = self.profile_mix()
+        except ProfileMixError as exc:
+            allowed = f"a mix 'name:fraction,...' or a list 'name,...' ({exc})"
+            raise ConfigError("simulation.profiles", self.profiles, allowed) from exc
+        for name in mix.names():
+            self.require("profiles", known_profile(name), f"profile names among {profile_choices(name)}")
         self.require("num_clients", self.num_clients >= 1, "an integer >= 1")
         self.require("client_cpus", self.client_cpus > 0, "a number > 0")
         self.require("client_threads", self.client_threads >= 1, "an integer >= 1")
@@ -263,9 +277,38 @@ class SimulationSettings(Section):
             "an address such as 'auto', '127.0.0.1:6379' or 'ray://head:10001', without spaces",
         )
 
+    def profile_mix(self) -> ProfileMix:
+        """``profiles`` read (derived each time, never stored beside the string)."""
+        return ProfileMix.parse(self.profiles)
+
     def cluster_address(self) -> str:
         """The Ray cluster to attach to: ``ray-address``, else ``$RAY_ADDRESS``; "" starts a new one."""
         return self.ray_address or os.environ.get(RAY_ADDRESS_ENV, "")
+
+
+@dataclass(frozen=True)
+class FleetSettings(Section):
+    """Heterogeneous fleets (server/fleet.py): budgets per client."""
+
+    PREFIX = "fleet"
+
+    # modelled seconds a client may spend on a round (PruneFL's T(M) with its own profile);
+    # a client that cannot afford the global mask trains a sub-mask of it. 0 = no budget
+    round_budget: float = 0.0
+
+    def validate(self) -> None:
+        self.require("round_budget", self.round_budget >= 0, "modelled seconds >= 0 (0 = no budget)")
+
+
+def known_profile(name: str) -> bool:
+    """A bundled profile's name or a path to a profile file (read when the run starts)."""
+    return name in bundled_profiles() or name.endswith(".toml")
+
+
+def profile_choices(name: str) -> str:
+    close = difflib.get_close_matches(name, bundled_profiles(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{bundled_profiles()} or a .toml file; {name!r} is none{hint}"
 
 
 SECTIONS: tuple[type[Section], ...] = (
@@ -279,6 +322,7 @@ SECTIONS: tuple[type[Section], ...] = (
     EvaluateSettings,
     OutputSettings,
     SimulationSettings,
+    FleetSettings,
 )
 
 
@@ -304,6 +348,7 @@ class AppConfig:
     evaluate: EvaluateSettings
     output: OutputSettings
     simulation: SimulationSettings
+    fleet: FleetSettings = FleetSettings()
 
     @property
     def method_class(self) -> type[PruningMethod]:
@@ -332,10 +377,22 @@ class AppConfig:
             evaluate=EvaluateSettings.from_flat(flat),
             output=OutputSettings.from_flat(flat),
             simulation=SimulationSettings.from_flat(flat),
+            fleet=FleetSettings.from_flat(flat),
         )
         config.check_other_methods(flat)
         config.check_evaluation()
+        config.check_fleet()
         return config
+
+    def check_fleet(self) -> None:
+        """A round budget needs unstructured masks (common/budget.py chooses sub-masks by magnitude)."""
+        if self.fleet.round_budget > 0 and issubclass(self.method_class, StructuredPruning):
+            raise ConfigError(
+                "fleet.round-budget",
+                self.fleet.round_budget,
+                f"0 with pruning.method = {self.pruning.method!r}: sub-masks of channel masks "
+                "(HeteroFL's leading channels) are not implemented; budgets need an unstructured method",
+            )
 
     def check_other_methods(self, flat: Mapping[str, object]) -> None:
         """A method's setting given while another method is selected is an error.
@@ -393,6 +450,14 @@ class AppConfig:
                 fed.min_clients,
                 f"at most simulation.num-clients ({sim.num_clients})",
             )
+        listed = sim.profile_mix().per_partition
+        if listed and len(listed) != sim.num_clients:
+            raise ConfigError(
+                "simulation.profiles",
+                sim.profiles,
+                f"one profile per partition: {sim.num_clients} names (simulation.num-clients), "
+                f"not {len(listed)}; or fractions 'name:fraction,...'",
+            )
         ip_client = getattr(self.method, "ip_client", None)
         if ip_client is not None and ip_client >= sim.num_clients:
             raise ConfigError(
@@ -416,6 +481,7 @@ class AppConfig:
             self.evaluate,
             self.output,
             self.simulation,
+            self.fleet,
         ):
             flat.update(section.to_flat())
         return flat

@@ -18,7 +18,8 @@ Profile files are TOML::
 
     [device]
     name = "raspberry-pi-4-class"
-    kind = "published"            # "published" figures or "measured" by fedprune profile
+    kind = "published"            # "published" figures, "measured" by fedprune profile, or
+                                  # "derived" from another profile (see below)
     description = "..."
     source = "..."
 
@@ -28,8 +29,14 @@ Profile files are TOML::
 
     [models.conv2]
     t0 = 1.2492789765             # seconds per local iteration, mask-independent
+    kind = "published"            # optional: this model's figures, if not the device's kind
     [models.conv2.layers]         # seconds per kept weight per local iteration
     "fc1.weight" = 1.927325e-7
+
+A *derived* profile or model table holds no figure of its own device's: it is
+computed from another's by a stated rule and source (a published throughput ratio
+between two devices, or one model's seconds per FLOP applied to another model's
+FLOPs, :mod:`simulations.derive_profile`), written in the file's comments.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import numpy as np
 from .layout import ModelLayout
 
 PROFILE_PACKAGE = "common.profiles"
-PROFILE_KINDS = ("published", "measured")
+PROFILE_KINDS = ("published", "measured", "derived")
 
 
 class ProfileError(ValueError):
@@ -58,6 +65,7 @@ class ModelTiming:
 
     t0: float
     per_weight: dict[str, float]
+    kind: str = "published"  # where the figures come from: one of PROFILE_KINDS
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,13 @@ def parse_profile(data: dict, where: str) -> DeviceProfile:
             layer: _number(table["layers"], layer, f"{where}: models.{model_name}.layers")
             for layer in table["layers"]
         }
-        timings[model_name] = ModelTiming(_number(table, "t0", f"{where}: models.{model_name}"), layers)
+        model_kind = table.get("kind", kind)
+        if model_kind not in PROFILE_KINDS:
+            raise ProfileError(
+                f"{where}: models.{model_name}.kind = {model_kind!r} must be one of {PROFILE_KINDS}"
+            )
+        t0 = _number(table, "t0", f"{where}: models.{model_name}")
+        timings[model_name] = ModelTiming(t0, layers, model_kind)
     return DeviceProfile(
         name=str(device.get("name", where)),
         kind=kind,

@@ -27,7 +27,7 @@ from flwr.supercore import log
 from flwr.superlink.grid import InMemoryGrid
 
 from common.config import DATA_DIR_ENV, AppConfig
-from common.cost_model import CostModel, ProfileError, load_profile
+from common.cost_model import CostModel
 from common.data import DATASETS, load_dataset
 from common.device import cuda_available, resolve_device
 from common.layout import ModelLayout
@@ -39,6 +39,7 @@ from common.task import TaskSpec, client_data
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
+from .fleet import Fleet
 from .global_model import GlobalModel
 from .initial_pruning import InitialPruningError, InitialPruningReport, run_initial_pruning
 from .messenger import Messenger
@@ -50,7 +51,6 @@ from .results import CONFIG_FILE, INITIAL_PRUNING_FILE, ROUNDS_FILE, SUMMARY_FIL
 from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, task_record
 
-NOMINAL_BYTES_PER_VALUE = 8.0  # float32 down and up, before any round is measured
 # Grids whose nodes register in partition order: Flower's simulation engine's (server/nodes.py)
 SIMULATION_GRIDS: tuple[type, ...] = (InMemoryGrid,)
 
@@ -118,19 +118,8 @@ def method_env(config: AppConfig, layout: ModelLayout, full_participation: bool)
 
 
 def cost_model_for(config: AppConfig, layout: ModelLayout) -> CostModel:
-    """The cost model of the configured device profile; a bad profile is a config error."""
-    try:
-        profile = load_profile(config.cost.profile)
-        return CostModel.from_profile(
-            profile,
-            config.model.name,
-            layout,
-            config.train.local_steps,
-            config.cost.link_bandwidth or None,
-            NOMINAL_BYTES_PER_VALUE,
-        )
-    except ProfileError as exc:
-        raise ConfigError("cost.profile", config.cost.profile, str(exc)) from exc
+    """The cost model of ``cost.profile`` (the reference device); every profile of the run is checked."""
+    return Fleet(config, layout).reference
 
 
 def preflight(config: AppConfig) -> ModelLayout:
@@ -203,9 +192,10 @@ def run_federation(
     layout = ModelLayout.from_model(torch_model)
     floats, ints = layout.flatten(torch_model.state_dict())
     model = GlobalModel(layout, floats, ints, layout.full_mask())
-    cost = cost_model_for(config, layout)
+    fleet = Fleet(config, layout)
+    cost = fleet.reference
 
-    nodes = NodeBook(lazy=describes_lazily(config, grid))
+    nodes = NodeBook(lazy=describes_lazily(config, grid), check_profile=fleet.refusal)
     comm = CommunicationLog(results.communication_path, new_file=resume is None)
     messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)
@@ -235,7 +225,7 @@ def run_federation(
         config = dataclasses.replace(config, federation=dataclasses.replace(fed, rounds=rounds))
         fed = config.federation
         method = config.method_class(config.method, method_env(config, layout, full))
-    strategy = PruningFedAvg(config, model, method, cost, nodes, messenger, comm, results, evaluator, task)
+    strategy = PruningFedAvg(config, model, method, fleet, nodes, messenger, comm, results, evaluator, task)
     strategy.recorder.run_started = started  # elapsed_s counts from the run's start
     strategy.progress = progress
     progress.run_started(fed.rounds, resume.server_round if resume else None)

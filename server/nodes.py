@@ -4,7 +4,9 @@ Node ids are random, so the server asks each node once for its partition id, dat
 sizes and labels (a ``query.describe`` message) and orders the nodes by partition
 id; sampling then draws from that order with a generator seeded by (seed, round),
 which makes a run's client selection reproducible. Which mask version each node
-holds is the :class:`~server.mask_ledger.MaskLedger`'s.
+holds is the :class:`~server.mask_ledger.MaskLedger`'s. A node may also name its
+device profile (``--node-config profile=<name>``, in the description's config
+record); which profile it runs on is :class:`~server.fleet.Fleet`'s to resolve.
 
 When nodes are described
 ------------------------
@@ -60,7 +62,7 @@ from flwr.supercore import log
 
 from common import keys
 
-from .validation import RejectedReply, describe_metrics, from_superlink, required_records
+from .validation import RejectedReply, describe_metrics, described_profile, from_superlink, required_records
 
 
 @dataclass
@@ -72,6 +74,12 @@ class NodeInfo:
     test_size: int
     train_labels: tuple[int, ...] = ()  # samples per class, as the node reported them
     test_labels: tuple[int, ...] = ()
+    profile: str = ""  # the device profile the node names itself (--node-config profile=...); "" = none
+
+
+# Why a node's description cannot be used, from its claimed profile, partition id and count
+# (server/fleet.py: Fleet.refusal); None when it can
+ProfileCheck = Callable[[str, int, int], str | None]
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,8 @@ class NodeBook:
     needs them (see the module's docstring).
     """
 
-    def __init__(self, lazy: bool = False) -> None:
+    def __init__(self, lazy: bool = False, check_profile: ProfileCheck | None = None) -> None:
+        self.check_profile = check_profile
         self.nodes: dict[int, NodeInfo] = {}  # described, usable nodes
         self.refused: dict[int, str] = {}  # node id -> why it is not used
         self.lazy = lazy
@@ -222,8 +231,13 @@ class NodeBook:
         try:
             required_records(reply.content, [], [keys.METRICS])
             described = describe_metrics(reply.content.metric_records[keys.METRICS])
+            profile = described_profile(reply.content)
         except RejectedReply as exc:
             return f"describe reply rejected: {exc}"
+        if self.check_profile is not None:
+            refusal = self.check_profile(profile, described.partition_id, described.num_partitions)
+            if refusal:
+                return refusal
         twin = self.by_partition(described.partition_id)
         if twin is not None:
             log(
@@ -241,6 +255,7 @@ class NodeBook:
             test_size=described.test_size,
             train_labels=described.train_labels,
             test_labels=described.test_labels,
+            profile=profile,
         )
         self._holders.setdefault(described.partition_id, set()).add(node_id)
         return None

@@ -25,7 +25,9 @@ file                       content
 =========================  ==================================================
 
 Times in ``rounds.csv`` are either measured wall-clock seconds (``wall_time_s``,
-``elapsed_s``) or *modelled* by PruneFL's cost model (``modelled_*``).
+``elapsed_s``) or *modelled* by PruneFL's cost model (``modelled_*``); the
+``straggler_*`` columns name the round's slowest sampled client under that model
+(:mod:`server.fleet`).
 Everything is plain CSV, JSON and ``.npz`` (read with ``allow_pickle=False``).
 """
 
@@ -47,6 +49,7 @@ from common.settings import Scalar
 
 from .checkpoint import CHECKPOINT_DIR
 from .communication import truncate
+from .fleet import RoundTime
 from .phases import PhaseRow
 
 ROUNDS_FILE = "rounds.csv"
@@ -94,6 +97,18 @@ class RoundRow:
     modelled_elapsed_s: float = 0.0
     wall_time_s: float = 0.0
     elapsed_s: float = 0.0
+    # the round's slowest sampled client (server/fleet.py), all modelled: its partition, device
+    # profile, and modelled round time / mean client time (1 = balanced); -1, "", NaN without one
+    straggler_partition: int = -1
+    straggler_profile: str = ""
+    modelled_straggler_share: float = math.nan
+
+    def record_straggler(self, timing: RoundTime) -> None:
+        """The straggler's columns from the round's modelled times."""
+        straggler = timing.straggler
+        if straggler is not None:
+            self.straggler_partition, self.straggler_profile = straggler.partition_id, straggler.profile
+        self.modelled_straggler_share = timing.straggler_share
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -38,8 +38,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from common import keys
+from common.budget import budget_entries, keep_fraction, kept_counts
 from common.config import AppConfig
-from common.cost_model import CostModel
 from common.pruning import ClientReport, PruningMethod, RoundPlan, RoundUpdate
 from common.pruning.base import ConfigValue
 from common.task import TaskSpec
@@ -51,6 +51,7 @@ from . import validation
 from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
+from .fleet import Fleet, RoundTime
 from .global_model import GlobalModel
 from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
@@ -77,18 +78,22 @@ class TrainReply:
     loss: float
     values_bytes: int = 0  # measured bytes of the reply's values
     update_norm: float = 0.0  # ||w_c - w_start||_2 over the values the client trained
-    mask: np.ndarray | None = None  # the client's own mask, when the round's plan asks for it
+    mask: np.ndarray | None = None  # the client's own mask (the plan asks for it) or its sub-mask
+    # a client under a round budget (common/budget.py): ``mask`` is the sub-mask it trained, and
+    # the method sees its values on the global mask, the untrained positions at the values sent
+    method_values: np.ndarray | None = None
     extras: dict[str, float | list[float]] = field(default_factory=dict)  # method.<key> metrics
     phases: ClientPhases | None = None  # the client's own phase timings, when it reports them
 
     def report(self) -> ClientReport:
         """What the method sees of this reply."""
+        budgeted = self.method_values is not None
         return ClientReport(
             self.node.partition_id,
             self.weight,
-            self.mask,
+            None if budgeted else self.mask,
             self.extras,
-            values=self.values,
+            values=self.method_values if budgeted else self.values,
             samples=self.samples,
             upload=self.upload,
             node_id=self.node.node_id,
@@ -103,7 +108,7 @@ class PruningFedAvg(Strategy):
         config: AppConfig,
         model: GlobalModel,
         method: PruningMethod,
-        cost: CostModel,
+        fleet: Fleet,
         nodes: NodeBook,
         messenger: Messenger,
         comm: CommunicationLog,
@@ -114,7 +119,9 @@ class PruningFedAvg(Strategy):
         self.config = config
         self.model = model
         self.method = method
-        self.cost = cost
+        self.fleet = fleet
+        # the reference device's model (cost.profile) with the measured bytes per value, for the method
+        self.cost = fleet.reference
         self.nodes = nodes
         self.messenger = messenger
         self.comm = comm
@@ -125,6 +132,8 @@ class PruningFedAvg(Strategy):
         self.row = RoundRow(round=0)
         self.plan = RoundPlan()
         self.sent: dict[int, NodeInfo] = {}
+        # node id -> kept weights per layer of the sub-mask it trains this round (common/budget.py)
+        self.budgeted: dict[int, np.ndarray] = {}
         # the kept values when the round's models were sent: with a lossy value format the
         # clients reply with their update, which is added to these exact values
         self.sent_values = np.zeros(0, dtype=np.float32)
@@ -171,8 +180,10 @@ class PruningFedAvg(Strategy):
         )
 
     # -- messages ----------------------------------------------------------------------
-    def task_config(self, server_round: int, plan: RoundPlan, training: bool) -> ConfigRecord:
-        """The round's task for every sampled client, with the method's entries."""
+    def task_config(
+        self, server_round: int, plan: RoundPlan, training: bool, budgets: dict[int, float] | None = None
+    ) -> ConfigRecord:
+        """The round's task for every sampled client, with the method's entries and the budgets'."""
         train = self.config.train
         spec = dataclasses.replace(
             self.task_defaults,
@@ -180,7 +191,8 @@ class PruningFedAvg(Strategy):
             lr=train.lr_at(server_round),
             mask_version=self.model.mask_version,
         )
-        return task_record(spec, self.method.task_entries(server_round, training), plan)
+        entries = {**self.method.task_entries(server_round, training), **budget_entries(budgets or {})}
+        return task_record(spec, entries, plan)  # type: ignore[arg-type]
 
     def refresh_nodes(self, grid: Grid) -> None:
         config = task_record(self.task_defaults, self.method.task_entries(0, False))
@@ -201,18 +213,59 @@ class PruningFedAvg(Strategy):
         sampled = self.nodes.sample(server_round, fed.clients_per_round, fed.seed)
         self.plan = self.method.round_plan(server_round)
         self.sent = {node.node_id: node for node in sampled}
+        budgets = self._budgets(sampled)
         self.row.clients = len(sampled)
         self.sent_values = self.model.kept_values()
         self.model_norm = float(np.linalg.norm(self.sent_values.astype(np.float64)))
         log(INFO, "round %d: training on %d clients", server_round, len(sampled))
         with self.clock.phase("encode"):
             messages = self.messenger.model_messages(
-                sampled, keys.TRAIN, self.task_config(server_round, self.plan, True), server_round, "train"
+                sampled,
+                keys.TRAIN,
+                self.task_config(server_round, self.plan, True, budgets),
+                server_round,
+                "train",
             )
         self.exchanges["train"] = Exchange(
             server_round, keys.TRAIN, self.sent, messages, self.max_reply_bytes
         )
         return messages
+
+    def _budgets(self, sampled: list[NodeInfo]) -> dict[int, float]:
+        """Keep fractions of the sampled clients that cannot afford the global mask (by partition).
+
+        ``fleet.round-budget`` (:mod:`common.budget`); none in a round whose clients choose
+        their own masks. Fills ``budgeted`` with the kept weights each such client trains.
+        """
+        self.budgeted = {}
+        budget = self.config.fleet.round_budget
+        if budget <= 0 or self.plan.client_masks:
+            return {}
+        kept = self.model.kept_per_layer()
+        fractions = {}
+        for node in sampled:
+            cost = self.fleet.cost_of(node).with_bytes_per_value(self.cost.bytes_per_value)
+            fraction = keep_fraction(cost, kept, budget)
+            if fraction < 1:
+                fractions[node.partition_id] = fraction
+                self.budgeted[node.node_id] = kept_counts(kept, fraction)
+        return fractions
+
+    def _check_submask(self, node: NodeInfo, client_mask: np.ndarray) -> None:
+        """A budgeted client's mask: inside the global mask, with the kept weights per layer it was told."""
+        layout, mask = self.model.layout, self.model.mask
+        if np.any(client_mask & ~mask):
+            raise WireError("a budgeted client's mask keeps positions the global mask prunes")
+        outside = np.ones(mask.shape, dtype=bool)
+        outside[layout.prunable_positions] = False
+        if not np.array_equal(client_mask[outside], mask[outside]):
+            raise WireError("a budgeted client's mask must keep every non-prunable position")
+        counts = layout.kept_per_layer(client_mask)
+        if not np.array_equal(counts, self.budgeted[node.node_id]):
+            raise WireError(
+                f"a budgeted client's mask keeps {counts.tolist()} weights per layer, "
+                f"not the {self.budgeted[node.node_id].tolist()} of its budget"
+            )
 
     def decode_train_reply(self, reply: Message) -> TrainReply:
         """Check one training reply's content (see :mod:`server.validation`); raise RejectedReply.
@@ -237,12 +290,15 @@ class PruningFedAvg(Strategy):
         metrics = content.metric_records[keys.METRICS]
         prefix = keys.METHOD_PREFIX
         extras = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+        budgeted = node.node_id in self.budgeted
         try:
             client_mask = decode_mask(record, self.model.layout)
-            if client_mask is not None and not self.plan.client_masks:
+            if client_mask is not None and not self.plan.client_masks and not budgeted:
                 raise WireError("a client may not change the mask")
-            if client_mask is None and self.plan.client_masks:
+            if client_mask is None and (self.plan.client_masks or budgeted):
                 raise WireError("this round's clients must reply with their own mask")
+            if client_mask is not None and budgeted:
+                self._check_submask(node, client_mask)
             wire = self.config.wire
             payload = decode_payload(
                 record,
@@ -261,6 +317,11 @@ class PruningFedAvg(Strategy):
         update_norm = validation.bounded_update(
             payload.values, start, self.model_norm, self.config.federation.outlier_factor
         )
+        method_values = None
+        if budgeted and client_mask is not None:
+            trained = self.model.floats.copy()  # the values sent where the client did not train
+            trained[client_mask] = payload.values
+            method_values = trained[self.model.mask]
         decoded = TrainReply(
             node,
             payload.values,
@@ -273,6 +334,7 @@ class PruningFedAvg(Strategy):
             extras=extras,
             phases=validation.client_phases(metrics),
             update_norm=update_norm,
+            method_values=method_values,
         )
         try:
             self.method.check_report(decoded.report())
@@ -382,8 +444,8 @@ class PruningFedAvg(Strategy):
         fed = self.config.federation
         values = [r.values for r in accepted]
         rule = dict(rule=fed.aggregation, clip_factor=fed.clip_factor, trim_fraction=fed.trim_fraction)
-        if self.plan.client_masks:
-            masks = [r.mask for r in accepted]
+        if self.plan.client_masks or any(r.method_values is not None for r in accepted):
+            masks = [r.mask if r.mask is not None else model.mask for r in accepted]
             floats = robust_average(model.floats, masks, values, weights, **rule)  # type: ignore[arg-type]
         else:
             floats = aggregate_masked(
@@ -457,22 +519,38 @@ class PruningFedAvg(Strategy):
     def _update_round_time(self, server_round: int, accepted: list[TrainReply]) -> None:
         """PruneFL's modelled round time, and c_comm from the bytes measured this round.
 
-        The round lasts as long as its slowest client: E modelled local iterations
-        plus that client's measured bytes (down and up) over the link. c_comm comes
-        from the value bytes of the replies that were accepted, so that a rejected
-        or missing reply does not move the cost model (nor, through it, the mask).
+        The round lasts as long as its slowest sampled client, the straggler
+        (:mod:`server.fleet`): E modelled local iterations on that client's own
+        profile under the mask it trained, plus its measured bytes (down and up)
+        over its own link. c_comm comes from the value bytes of the replies that
+        were accepted, so that a rejected or missing reply does not move the cost
+        model (nor, through it, the mask).
         """
-        compute = self.cost.compute_time(self.model.kept_per_layer())
-        per_node = [self.comm.bytes_of(server_round, "train", node_id) for node_id in self.sent]
-        transfer = max((self.cost.transfer_time(b) for b in per_node), default=0.0)
-        self.row.modelled_round_time_s = compute + transfer
+        kept = self.model.kept_per_layer()
+        timing = RoundTime(
+            tuple(
+                self.fleet.client_time(
+                    node, self.budgeted.get(node_id, kept), self.comm.bytes_of(server_round, "train", node_id)
+                )
+                for node_id, node in self.sent.items()
+            )
+        )
+        self.row.modelled_round_time_s = timing.seconds
+        self.row.record_straggler(timing)
         if accepted:
             down = self.comm.rounds[server_round].down
-            bytes_per_client = down.measured.values / down.messages + float(
-                np.mean([r.values_bytes for r in accepted])
-            )
             kept = int(np.count_nonzero(self.model.mask))
+            bytes_per_client = down.measured.values / down.messages + float(
+                np.mean([self._values_bytes_at_mask(r, kept) for r in accepted])
+            )
             self.cost = self.cost.with_bytes_per_value(bytes_per_client / kept)
+
+    @staticmethod
+    def _values_bytes_at_mask(reply: TrainReply, kept: int) -> float:
+        """A reply's value bytes, scaled to the global mask's ``kept`` values for a budgeted client."""
+        if reply.method_values is None or not len(reply.values):
+            return float(reply.values_bytes)
+        return reply.values_bytes * kept / len(reply.values)
 
     # -- federated evaluation --------------------------------------------------------------
     def configure_evaluate(

@@ -386,6 +386,19 @@ def label_counts(metrics: MetricRecord, key: str, total: int) -> tuple[int, ...]
     return tuple(value)
 
 
+MAX_PROFILE_NAME = 200  # characters of a device profile name a node may report
+
+
+def described_profile(content: RecordDict) -> str:
+    """The device profile a node names in its description's config record ("" when none)."""
+    if keys.CONFIG not in content.config_records:
+        return ""
+    value = content.config_records[keys.CONFIG].get(keys.PROFILE, "")
+    if not isinstance(value, str) or len(value) > MAX_PROFILE_NAME:
+        raise RejectedReply("bad-metric", f"'{keys.PROFILE}' = {value!r} must be a profile name")
+    return value.strip()
+
+
 def describe_metrics(metrics: MetricRecord) -> Description:
     """Check a node's self-description: a partition id below the partition count, sizes >= 0.
 

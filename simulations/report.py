@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,6 +507,7 @@ def write_report(
         f"(`{main_profile}`).",
         "",
         *[section + "\n" for section in after_table],
+        *([stragglers + "\n"] if (stragglers := straggler_section(runs)) else []),
         "## Plots",
         "",
         *[f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots],
@@ -525,6 +526,40 @@ def write_report(
     path = folder / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def straggler_section(runs: Sequence[RunRecord]) -> str | None:
+    """The runs' stragglers (``rounds.csv``'s straggler columns), for runs of a heterogeneous fleet.
+
+    None when no run has one (no ``simulation.profiles``, no round budget), so that a
+    report of one-device runs is unchanged.
+    """
+    fleets = [r for r in runs if r.config.simulation.profiles or r.config.fleet.round_budget > 0]
+    if not fleets:
+        return None
+    lines = [
+        "## Stragglers (modelled)",
+        "",
+        "Each round lasts as long as its slowest sampled client on its own device profile "
+        "(`server/fleet.py`); the share is that client's modelled time over the mean client's.",
+        "",
+        "| run | profiles | round budget | modelled time (own fleet) | mean share | max share "
+        "| stragglers by profile |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in fleets:
+        rows = [row for row in run.rows if int(row.get("round", 0)) > 0 and row.get("straggler_profile")]
+        shares = [float(row["modelled_straggler_share"]) for row in rows if row["modelled_straggler_share"]]
+        counts = Counter(row["straggler_profile"] for row in rows)
+        total = sum(float(row["modelled_round_time_s"]) for row in run.rows)
+        budget = run.config.fleet.round_budget
+        lines.append(
+            f"| {run.label} | {run.config.simulation.profiles or run.config.cost.profile} | "
+            f"{f'{budget:g} s' if budget else 'none'} | {_seconds(total)} | "
+            f"{np.mean(shares) if shares else math.nan:.3f} | {max(shares, default=math.nan):.3f} | "
+            f"{', '.join(f'{name} {n}' for name, n in counts.most_common())} |"
+        )
+    return "\n".join(lines)
 
 
 # -- fedprune report -------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Per-client round budgets: the keep fraction, the magnitude sub-mask and its aggregation."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import app as client_app
+from common.budget import budget_entries, fraction_for, keep_fraction, kept_counts, magnitude_submask
+from common.config import load_config
+from common.cost_model import CostModel
+from common.layout import ModelLayout
+from common.models import build_model
+from common.settings import ConfigError
+from server.aggregation import per_position_fedavg
+from server.app import run_federation
+from server.strategy import PruningFedAvg
+from simulations.report import load_run, straggler_section
+from tests.inprocess_grid import InProcessGrid
+
+PI, SANDBOX = "raspberry-pi-4-class", "x86-2core-sandbox"
+
+
+def test_the_keep_fraction_fits_t_of_m_to_the_budget():
+    """E = 2, t0 0.5 s, comp (1e-3, 0) s, 8 B per value over 1000 B/s, |M| = (100, 50):
+    T0 = 1.0 s, c = (0.008 + 0.002, 0.008), T(M) = 1.0 + 1.0 + 0.4 = 2.4 s.
+    B = 1.7 s: s = 0.7 / 1.4 = 0.5; B >= 2.4: 1; B <= T0: 0; no budget: 1."""
+    cost = CostModel(2, 0.5, np.array([1e-3, 0.0]), bandwidth=1000.0, bytes_per_value=8.0)
+    kept = np.array([100, 50])
+    assert cost.round_time(kept) == pytest.approx(2.4)
+    assert keep_fraction(cost, kept, 1.7) == pytest.approx(0.5)
+    assert keep_fraction(cost, kept, 2.4) == 1.0 and keep_fraction(cost, kept, 3.0) == 1.0
+    assert keep_fraction(cost, kept, 0.9) == 0.0 and keep_fraction(cost, kept, 0.0) == 1.0
+    assert kept_counts(kept, 0.5).tolist() == [50, 25]
+    assert kept_counts(np.array([3, 0, 7]), 0.0).tolist() == [1, 0, 1]  # no layer is cut off
+    assert kept_counts(np.array([3, 7]), 0.34).tolist() == [2, 3]  # ceil
+
+
+def test_the_sub_mask_keeps_the_largest_kept_weights_of_every_layer():
+    layout = ModelLayout.from_model(build_model("digits-cnn", 10, (1, 8, 8)))
+    rng = np.random.default_rng(0)
+    floats = rng.normal(size=layout.num_floats).astype(np.float32)
+    mask = layout.full_mask()
+    mask[layout.prunable_positions[::3]] = False
+    sub = magnitude_submask(layout, floats, mask, 0.4)
+    assert not np.any(sub & ~mask)
+    assert layout.kept_per_layer(sub).tolist() == kept_counts(layout.kept_per_layer(mask), 0.4).tolist()
+    outside = np.ones_like(mask)
+    outside[layout.prunable_positions] = False
+    assert np.array_equal(sub[outside], mask[outside])
+    for tensor in layout.prunable:
+        magnitude = np.abs(floats[tensor.slice])
+        kept, dropped = magnitude[sub[tensor.slice]], magnitude[mask[tensor.slice] & ~sub[tensor.slice]]
+        assert kept.min() >= dropped.max()
+
+
+def test_a_position_trained_by_k_of_n_clients_is_the_weighted_mean_of_those_k():
+    """Three clients of weights 1, 2, 3: A trains all four positions, B the first two
+    (a sub-mask), C the first only; position 3 was pruned by none but trained by A only.
+
+    w_0 = (1 * 1 + 2 * 4 + 3 * 7) / 6 = 5,  w_1 = (1 * 2 + 2 * 5) / 3 = 4,  w_2 = 3,  w_3 = 9.
+    """
+    floats = np.full(4, -1.0, dtype=np.float32)
+    masks = [np.array([1, 1, 1, 1], bool), np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)]
+    values = [np.array([1, 2, 3, 9], np.float32), np.array([4, 5], np.float32), np.array([7], np.float32)]
+    new = per_position_fedavg(floats, masks, values, [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(new, [5.0, 4.0, 3.0, 9.0], rtol=1e-6)
+
+
+def test_the_budget_entries_round_trip_and_are_checked():
+    entries = budget_entries({4: 0.25, 1: 0.5})
+    assert entries == {"fleet.budget-partitions": [1, 4], "fleet.budget-keep": [0.5, 0.25]}
+    assert fraction_for(entries, 4) == 0.25 and fraction_for(entries, 2) is None
+    assert fraction_for({}, 0) is None and budget_entries({}) == {}  # no budget: the task as ever
+    with pytest.raises(ValueError, match="one length"):
+        fraction_for({"fleet.budget-partitions": [1], "fleet.budget-keep": []}, 1)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+        fraction_for({"fleet.budget-partitions": [1], "fleet.budget-keep": [1.5]}, 1)
+
+
+def test_a_budget_with_a_structured_method_is_refused():
+    with pytest.raises(ConfigError, match="fleet.round-budget.*l1-filter.*not implemented"):
+        load_config(None, ["fleet.round-budget=2.0", "pruning.method=l1-filter"])
+
+
+def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_them(tmp_path, monkeypatch):
+    """Dense FedAvg, partitions 0 and 1 on the Pi profile, 2 on the sandbox, a 1.9 s budget:
+    a dense digits-CNN round models to about 2.1 s on the Pi, so its clients train sub-masks
+    (and are no longer the straggler by compute); no reply is rejected."""
+    seen: list[list[bool]] = []
+    original = PruningFedAvg._aggregate
+
+    def spy(self, server_round, accepted):
+        seen.append([r.mask is not None and r.method_values is not None for r in accepted])
+        for r in accepted:
+            if r.mask is not None:
+                assert r.mask.sum() < self.model.mask.sum() and len(r.values) == r.mask.sum()
+                assert len(r.report().values) == self.model.mask.sum() and r.report().mask is None
+        return original(self, server_round, accepted)
+
+    monkeypatch.setattr(PruningFedAvg, "_aggregate", spy)
+    config = load_config(
+        None,
+        [
+            f"output.dir={tmp_path}",
+            "output.name=run",
+            "simulation.num-clients=3",
+            "federation.rounds=2",
+            "pruning.method=none",
+            f"simulation.profiles={PI},{PI},{SANDBOX}",
+            "fleet.round-budget=1.9",
+        ],
+    )
+    run_federation(InProcessGrid(client_app, 3), config)
+    assert seen == [[True, True, False], [True, True, False]]
+    with (Path(tmp_path) / "run" / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["rejected"]) for r in rows[1:]] == [0, 0]
+    assert all(float(r["modelled_round_time_s"]) <= 1.9 + 0.5 for r in rows[1:])
+    assert all(r["straggler_profile"] in (PI, SANDBOX) for r in rows[1:])
+    section = straggler_section([load_run(Path(tmp_path) / "run")])
+    assert section is not None and "| 1.9 s |" in section and "Stragglers (modelled)" in section
