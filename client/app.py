@@ -318,7 +318,7 @@ def train(message: Message, context: Context) -> RecordDict:
     client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
     hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
-    trained_mask = budget_mask(job, config, mask, start_values)
+    trained_mask = budget_mask(job, config, mask, received.values)
     result = hooks.train(
         job.model,
         layout,
