@@ -262,6 +262,7 @@ def train(message: Message, context: Context) -> RecordDict:
     )
     own_mask = hooks.client_mask(job.model, layout, mask)
     upload = hooks.upload(result, layout, mask, spec.mask_version, job.state.method_store())
+    upload_plan = hooks.upload_plan(layout, mask) if upload is not None else None
     trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
@@ -270,9 +271,17 @@ def train(message: Message, context: Context) -> RecordDict:
     lossy = spec.wire.lossy_values and own_mask is None
     if own_mask is None:
         kept = floats[mask]
-        payload = ModelPayload(kept - start_values if lossy else kept, ints, statistic=upload, relative=lossy)
+        payload = ModelPayload(
+            kept - start_values if lossy else kept,
+            ints,
+            statistic=upload,
+            relative=lossy,
+            statistic_plan=upload_plan,
+        )
     else:
-        payload = ModelPayload(floats[own_mask], ints, mask=own_mask, statistic=upload)
+        payload = ModelPayload(
+            floats[own_mask], ints, mask=own_mask, statistic=upload, statistic_plan=upload_plan
+        )
     arrays = encode_payload(payload, layout, spec.wire)
     finished = time.monotonic()
     metrics = MetricRecord(
