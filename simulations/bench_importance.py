@@ -30,6 +30,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from flwr.app import Array
@@ -60,15 +61,13 @@ class Variant:
 
     growth: float
     factor: float
+    values: Literal["bfloat16", "float32"] = "bfloat16"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        growth, _, factor = text.partition(":")
-        return cls(float(growth), float(factor or 1.0))
-
-    @property
-    def label(self) -> str:
-        return f"g={self.growth:g} f={self.factor:g}"
+        """``g:f`` or ``g:f:float32``."""
+        growth, factor, *values = text.split(":")
+        return cls(float(growth), float(factor), *values)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -102,7 +101,8 @@ class Replay:
     def rule(self, method: PruneFL, server_round: int, variant: Variant) -> TopRule:
         s = method.settings
         dtp = removal_cap(method.next_reconfiguration(server_round), s.max_removal, s.removal_half_life)
-        return TopRule(dtp, variant.growth, variant.factor, method._max_kept(method.env.layout) or 0)
+        max_kept = method._max_kept(method.env.layout) or 0
+        return TopRule(dtp, variant.growth, variant.factor, max_kept, variant.values)
 
     def merge(self, method: PruneFL, update: RoundUpdate) -> None:
         """Code each upload both ways and merge the ``top`` ones into each shadow sum."""
@@ -221,6 +221,7 @@ def report(replay: Replay, accounted: int, config: AppConfig) -> dict[str, objec
             {
                 "growth": shadow.variant.growth,
                 "factor": shadow.variant.factor,
+                "values": shadow.variant.values,
                 "top_bytes": shadow.upload_bytes,
                 "sent_entries": shadow.sent_entries,
                 "bytes_ratio": shadow.upload_bytes / max(replay.exact_bytes, 1),
@@ -240,10 +241,8 @@ def print_report(figures: dict[str, object]) -> None:
     print(f"exact upload: {f['exact_bytes']:,} bytes (the run's accounting: {f['exact_bytes_accounted']:,})")
     for v in f["variants"]:  # type: ignore[attr-defined]
         share = 100 * v["bytes_ratio"]
-        print(
-            f"top g={v['growth']:g} f={v['factor']:g}: {v['top_bytes']:,} bytes ({share:.1f}% of exact), ",
-            end="",
-        )
+        label = f"top g={v['growth']:g} f={v['factor']:g} {v['values']}"
+        print(f"{label}: {v['top_bytes']:,} bytes ({share:.1f}% of exact), ", end="")
         print(f"{v['sent_entries']:,} entries sent; identical masks {v['identical']} / ", end="")
         print(f"{v['reconfigurations']} reconfigurations; bound held in {v['bound_held']}")
         for r in v["per_reconfiguration"]:

@@ -74,6 +74,14 @@ def test_sparse_round_trip_is_exact_for_bfloat16_values():
     assert len(section) < 4 * 80  # far below float32 of the whole vector (4168 bytes)
 
 
+def test_float32_sparse_values_travel_exactly():
+    plan = SparsePlan((5,), (2,), "float32")
+    vector = np.array([0, 1.0 + 2**-20, 0, 0, 3.3], np.float32)
+    assert np.array_equal(decode_sparse(encode_sparse(vector, plan, 1), plan, "s"), vector)
+    with pytest.raises(WireError, match="written in float32; this round's sparse upload sends bfloat16"):
+        decode_sparse(encode_sparse(vector, plan, 1), SparsePlan((5,), (2,)), "s")
+
+
 def test_sparse_values_are_rounded_to_bfloat16():
     plan = SparsePlan((3,), (3,))
     decoded = decode_sparse(encode_sparse(np.array([1.0 + 2**-10, 0.0, 3.0], np.float32), plan, 1), plan, "s")
@@ -109,7 +117,7 @@ MALFORMED = {
     ),
     "values-float32": (
         GOOD[: HEAD + 1] + encode_values(np.array([4.0, 1.0], np.float32), "float32", 0),
-        "written in float32; sparse sections send bfloat16",
+        "written in float32; this round's sparse upload sends bfloat16",
     ),
     "values-relative": (
         GOOD[: HEAD + 1] + encode_values(np.array([4.0, 1.0], np.float32), "bfloat16", 0, True),

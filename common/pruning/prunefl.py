@@ -92,6 +92,7 @@ class PruneFLSettings(MethodSettings):
     importance_upload: Literal["exact", "top"] = "exact"  # all pruned positions, or each layer's top
     importance_top_growth: float = 0.5  # g: top's bound assumes the model grows by at most this fraction
     importance_top_factor: float = 2.0  # f >= 1: each client sends f times the bound per layer
+    importance_top_values: Literal["bfloat16", "float32"] = "bfloat16"  # the sent entries' format
 
     def validate(self) -> None:
         for name in (
@@ -174,7 +175,9 @@ class PruneFL(PruningMethod):
             return None
         dtp = removal_cap(self.next_reconfiguration(server_round), s.max_removal, s.removal_half_life)
         max_kept = self._max_kept(self.env.layout)
-        return TopRule(dtp, s.importance_top_growth, s.importance_top_factor, max_kept or 0)
+        return TopRule(
+            dtp, s.importance_top_growth, s.importance_top_factor, max_kept or 0, s.importance_top_values
+        )
 
     def task_entries(self, server_round: int, training: bool) -> dict[str, ConfigValue]:
         if not training:

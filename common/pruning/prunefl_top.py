@@ -47,7 +47,8 @@ per reconfiguration, by 3.; with several, when each one's top-K_l covers A - the
 sum of per-client top-Ks is not the top-K of the sum, and f > 1 makes a miss
 rarer), (c) no contributor's share was scaled by ``federation.statistic-factor``
 (the implied zeros lower a client's mass, hence possibly its scale), and (d) the
-sent values are exact in bfloat16. Otherwise the decision is approximate: bfloat16
+sent values are exact in their format (always with ``importance-top-values =
+"float32"``). Otherwise the decision is approximate: bfloat16
 rounds each sent entry by a relative 2^-8 at most, which can only swap candidates
 (or a candidate and the objective) within that tolerance, and a position missed by
 some contributors is undercounted by their thresholds at most.
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -83,6 +85,7 @@ class TopRule(Section):
     growth: float = 0.5
     factor: float = 2.0
     max_kept: int = 0
+    values: Literal["bfloat16", "float32"] = "bfloat16"  # float32 makes condition (d) hold
 
     def validate(self) -> None:
         self.require("removal", 0.0 <= self.removal < 1.0, "a number in [0, 1)")
@@ -113,7 +116,7 @@ def segment_plan(layout: ModelLayout, mask: np.ndarray, rule: TopRule) -> Sparse
     kept = layout.kept_per_layer(mask)
     pruned = [t.size - int(n) for t, n in zip(layout.prunable, kept, strict=True)]
     per_layer = math.ceil(rule.factor * addition_bound(kept, rule))
-    return SparsePlan(tuple(pruned), tuple(min(p, per_layer) for p in pruned))
+    return SparsePlan(tuple(pruned), tuple(min(p, per_layer) for p in pruned), rule.values)
 
 
 def top_of_segment(values: np.ndarray, limit: int) -> np.ndarray:

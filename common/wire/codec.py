@@ -269,8 +269,8 @@ def payload_info(record: ArrayRecord) -> PayloadInfo:
         if name in record:
             fmt, count, _, _, _ = read_header(_section(record, name), f"array {name!r}")
             info[count_key], info[bits_key] = count, value_bits(fmt)
-    if IMPORTANCE_TOP in record:  # bfloat16 entries; their positions are not in the bound
-        info["num_importance"] = sparse_counts(_section(record, IMPORTANCE_TOP), "array 'importance-top'")
-        info["importance_bits"] = 16
+    if IMPORTANCE_TOP in record:  # the entries sent; their positions are not in the bound
+        count, fmt = sparse_counts(_section(record, IMPORTANCE_TOP), "array 'importance-top'")
+        info["num_importance"], info["importance_bits"] = count, value_bits(fmt)
     info["mask_base"] = mask_base_version(record)
     return PayloadInfo(**info)  # type: ignore[arg-type]

@@ -13,8 +13,8 @@ Section layout (little-endian)::
     u8 version, u8 reserved, u16 reserved, u32 number of segments
     per segment: u64 count, u32 Golomb parameter m, u64 bytes of its gap stream
     the gap streams, one after the other (:mod:`common.wire.golomb`)
-    one value section (:mod:`common.wire.values`): the counts' values, bfloat16,
-    segment by segment, in increasing position
+    one value section (:mod:`common.wire.values`): the counts' values, bfloat16
+    (or float32 when the plan says so), segment by segment, in increasing position
 
 A segment of ``n`` entries with ``k`` sent costs about ``k (16 + log2(n / k) + 1.5)``
 bits before zstd: the Golomb code of geometric gaps is within 1% of the entropy
@@ -35,7 +35,7 @@ from .values import ValueFormat, decode_values, encode_values, quantize, read_he
 FORMAT_VERSION = 1
 SECTION_HEADER = "<BBHI"
 SEGMENT_HEADER = "<QIQ"
-VALUE_FORMAT: ValueFormat = "bfloat16"
+SPARSE_FORMATS: tuple[ValueFormat, ...] = ("bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,11 @@ class SparsePlan:
 
     lengths: tuple[int, ...]
     limits: tuple[int, ...]
+    values: ValueFormat = "bfloat16"  # bfloat16 (2 bytes, relative error <= 2^-8) or float32 (exact)
 
     def __post_init__(self) -> None:
+        if self.values not in SPARSE_FORMATS:
+            raise ValueError(f"sparse values are one of {SPARSE_FORMATS}, not {self.values!r}")
         if len(self.lengths) != len(self.limits):
             raise ValueError(f"a plan needs one limit per segment, got {self.lengths} and {self.limits}")
         for length, limit in zip(self.lengths, self.limits, strict=True):
@@ -80,13 +83,13 @@ def _segment_code(values: np.ndarray, limit: int, index: int) -> tuple[np.ndarra
 def encode_sparse(vector: np.ndarray, plan: SparsePlan, level: int) -> bytes:
     """A sparse section of ``vector``'s nonzero entries (at most ``plan.limits`` per segment).
 
-    The nonzero entries are rounded to bfloat16 first, so an entry that rounds to
-    zero is not sent (it would decode as zero either way).
+    The nonzero entries are rounded to ``plan.values`` first, so an entry that
+    rounds to zero is not sent (it would decode as zero either way).
     """
     vector = np.asarray(vector, dtype=np.float32)
     if len(vector) != plan.length:
         raise WireError(f"a vector of {len(vector)} entries for a plan of {plan.length}")
-    rounded = quantize(vector, VALUE_FORMAT)
+    rounded = quantize(vector, plan.values)
     headers, streams, sent = [], [], []
     for index, ((start, stop), limit) in enumerate(zip(plan.bounds(), plan.limits, strict=True)):
         segment = rounded[start:stop]
@@ -96,7 +99,7 @@ def encode_sparse(vector: np.ndarray, plan: SparsePlan, level: int) -> bytes:
         sent.append(segment[positions])
     values = np.concatenate(sent) if sent else np.zeros(0, dtype=np.float32)
     head = struct.pack(SECTION_HEADER, FORMAT_VERSION, 0, 0, len(plan.lengths))
-    return b"".join([head, *headers, *streams, encode_values(values, VALUE_FORMAT, level)])
+    return b"".join([head, *headers, *streams, encode_values(values, plan.values, level)])
 
 
 def _read_segment_headers(reader: Reader, plan: SparsePlan, what: str) -> list[tuple[int, int, int]]:
@@ -142,8 +145,8 @@ def decode_sparse(section: bytes, plan: SparsePlan, what: str) -> np.ndarray:
         targets.append(positions + start)
     body = bytes(reader.view(len(reader.data) - reader.offset))
     fmt = read_header(body, f"{what} values")[0]
-    if fmt != VALUE_FORMAT:
-        raise WireError(f"{what} values are written in {fmt}; sparse sections send {VALUE_FORMAT}")
+    if fmt != plan.values:
+        raise WireError(f"{what} values are written in {fmt}; this round's sparse upload sends {plan.values}")
     total = sum(count for count, _, _ in headers)
     values, relative = decode_values(body, total, f"{what} values")
     if relative:
@@ -153,10 +156,13 @@ def decode_sparse(section: bytes, plan: SparsePlan, what: str) -> np.ndarray:
     return out
 
 
-def sparse_counts(section: bytes, what: str) -> int:
-    """The number of entries a sparse section carries, from its headers only (for the bound)."""
+def sparse_counts(section: bytes, what: str) -> tuple[int, ValueFormat]:
+    """The number of entries a sparse section carries and their format, from its headers (for the bound)."""
     reader = Reader(section, what)
     version, _, _, num_segments = reader.unpack(SECTION_HEADER)
     if version != FORMAT_VERSION:
         raise WireError(f"{what} has sparse format version {version}; this node reads {FORMAT_VERSION}")
-    return sum(reader.unpack(SEGMENT_HEADER)[0] for _ in range(num_segments))
+    heads = [reader.unpack(SEGMENT_HEADER) for _ in range(num_segments)]
+    reader.view(sum(num_bytes for _, _, num_bytes in heads))
+    fmt = read_header(bytes(reader.view(len(reader.data) - reader.offset)), f"{what} values")[0]
+    return sum(count for count, _, _ in heads), fmt
