@@ -333,6 +333,7 @@ def train(message: Message, context: Context) -> RecordDict:
     if own_mask is None:
         own_mask = trained_mask  # a budgeted client's sub-mask travels as its own mask
     upload = hooks.upload(result, layout, mask, spec.mask_version, job.state.method_store())
+    upload_plan = hooks.upload_plan(layout, mask) if upload is not None else None
     trained, train_end = time.monotonic(), time.time()
     floats, ints = layout.flatten(job.model.state_dict())
     weight = result.samples if spec.weighting == "samples-processed" else len(job.data.train)
@@ -342,9 +343,11 @@ def train(message: Message, context: Context) -> RecordDict:
     if own_mask is None:
         kept = received.gather(floats)
         sent = kept - received.values if lossy else kept
-        payload = ModelPayload(sent, ints, statistic=upload, relative=lossy)
+        payload = ModelPayload(sent, ints, statistic=upload, relative=lossy, statistic_plan=upload_plan)
     else:
-        payload = ModelPayload(floats[own_mask], ints, mask=own_mask, statistic=upload)
+        payload = ModelPayload(
+            floats[own_mask], ints, mask=own_mask, statistic=upload, statistic_plan=upload_plan
+        )
     arrays = encode_payload(payload, layout, spec.wire)
     finished = time.monotonic()
     metrics = MetricRecord(

@@ -26,6 +26,7 @@ from torch import nn
 
 from .data import DataView
 from .layout import ModelLayout
+from .wire.sparse import SparsePlan
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("cross-entropy", "bce-one-hot")
@@ -153,6 +154,10 @@ class TrainingHooks:
         :attr:`statistic`'s), the mask trained under and its version; ``store``
         keeps arrays on the node between rounds.
         """
+        return None
+
+    def upload_plan(self, layout: ModelLayout, mask: np.ndarray) -> SparsePlan | None:
+        """Segments to send :meth:`upload`'s vector sparse in (its nonzero entries), or None: whole."""
         return None
 
     def train(

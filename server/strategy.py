@@ -305,6 +305,7 @@ class PruningFedAvg(Strategy):
                 self.model.layout,
                 self.model.mask if client_mask is None else client_mask,
                 statistic_length=self.method.upload_length(self.row.round, self.model.mask),
+                statistic_plan=self.method.upload_plan(self.row.round, self.model.mask),
                 reference=self.sent_values if client_mask is None and wire.format().lossy_values else None,
                 expected=wire.format(),
             )

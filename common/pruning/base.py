@@ -55,6 +55,7 @@ from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..settings import Scalar, Section
 from ..training import LossFn, SgdSettings, TrainingHooks
+from ..wire.sparse import SparsePlan
 
 ConfigValue = Scalar | list[float] | list[int]
 
@@ -266,6 +267,15 @@ class PruningMethod(ABC):
 
         ``mask`` is the mask the round trains under. A reply with another length,
         or with a vector when None, is rejected as ``bad-payload``.
+        """
+        return None
+
+    def upload_plan(self, server_round: int, mask: np.ndarray) -> SparsePlan | None:
+        """Segments in which the round's statistic vector comes sparse (None: it comes whole).
+
+        The clients' :meth:`~common.training.TrainingHooks.upload_plan` must give the
+        same plan; a reply that carries more entries than a segment's limit, or the
+        vector whole, is rejected as ``bad-payload``.
         """
         return None
 

@@ -21,10 +21,19 @@ round, clients accumulate S_c locally and upload it only in reconfiguration
 rounds, as the authors do; with client sampling, each participant uploads its
 statistic in the round it trains, so that no per-client accumulator of model size
 outlives a round.
+
+The upload is exact by default (``importance-upload = "exact"``: every pruned
+position, in ``wire.importance``'s format). ``"top"`` sends per layer only the
+``min(p_l, ceil(f B))`` largest entries (:mod:`common.pruning.prunefl_top`: B
+bounds the pruned weights one reconfiguration can re-add), as Golomb-coded index
+gaps + bfloat16, the rest implied zero; the greedy's decision is then the same
+under the conditions stated there and approximate otherwise, so ``exact`` stays
+the default (``docs/methods.md`` has the measured agreement).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +45,7 @@ from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..settings import Scalar
 from ..training import GradientStatistic, TrainingHooks, masked_accuracy, train_locally
+from ..wire.sparse import SparsePlan
 from .base import (
     ClientReport,
     ConfigValue,
@@ -43,6 +53,7 @@ from .base import (
     InitialDataSpec,
     InitialPruning,
     InitialPruningStep,
+    MethodEnv,
     MethodSettings,
     PruningMethod,
     RoundUpdate,
@@ -54,6 +65,7 @@ from .prunefl_importance import (
     statistic_positions,
     task_entries,
 )
+from .prunefl_top import TopRule, segment_plan
 from .reconfiguration import reconfigure_mask, removal_cap
 
 
@@ -77,6 +89,10 @@ class PruneFLSettings(MethodSettings):
     ip_accuracy_factor: float = 1.5  # start once accuracy >= factor / classes (1.5)
     ip_stability: float = 0.1  # relative density change counted as stable (0.1)
     ip_stable_count: int = 5  # stable reconfigurations in a row to stop (5)
+    importance_upload: Literal["exact", "top"] = "exact"  # all pruned positions, or each layer's top
+    importance_top_growth: float = 0.5  # g: top's bound assumes the model grows by at most this fraction
+    importance_top_factor: float = 2.0  # f >= 1: each client sends f times the bound per layer
+    importance_top_values: Literal["bfloat16", "float32"] = "bfloat16"  # the sent entries' format
 
     def validate(self) -> None:
         for name in (
@@ -95,6 +111,8 @@ class PruneFLSettings(MethodSettings):
         self.require("ip_client", self.ip_client >= 0, "a partition id >= 0")
         self.require("ip_accuracy_factor", self.ip_accuracy_factor >= 0, "a number >= 0")
         self.require("ip_stability", self.ip_stability >= 0, "a number >= 0")
+        self.require("importance_top_growth", self.importance_top_growth >= 0, "a number >= 0")
+        self.require("importance_top_factor", self.importance_top_factor >= 1, "a number >= 1")
 
 
 class PruneFL(PruningMethod):
@@ -108,6 +126,15 @@ class PruneFL(PruningMethod):
     name = "prunefl"
     Settings = PruneFLSettings
     settings: PruneFLSettings
+
+    def __init__(self, settings: PruneFLSettings, env: MethodEnv) -> None:
+        super().__init__(settings, env)
+        if settings.importance_upload == "top" and not env.plain_sgd:
+            raise ValueError(
+                "pruning.prunefl.importance-upload = 'top' needs plain SGD (train.momentum = 0 and "
+                "train.weight-decay = 0): otherwise the kept positions' importance travels too and must "
+                "be exact; use 'exact'"
+            )
 
     @cached_property
     def importance(self) -> ImportanceAccumulator:
@@ -136,8 +163,26 @@ class PruneFL(PruningMethod):
         return "upload"
 
     # -- the statistic: task entries, uploads, merging, checkpoints -----------------------------
+    def next_reconfiguration(self, server_round: int) -> int:
+        """The first reconfiguration round >= ``server_round`` (the one its uploads serve)."""
+        interval = self.settings.reconfig_interval
+        return math.ceil(server_round / interval) * interval
+
+    def top_rule(self, server_round: int) -> TopRule | None:
+        """The ``top`` upload's bound inputs for an upload round, None for the exact upload."""
+        s = self.settings
+        if s.importance_upload != "top" or self.request(server_round) != "upload":
+            return None
+        dtp = removal_cap(self.next_reconfiguration(server_round), s.max_removal, s.removal_half_life)
+        max_kept = self._max_kept(self.env.layout)
+        return TopRule(
+            dtp, s.importance_top_growth, s.importance_top_factor, max_kept or 0, s.importance_top_values
+        )
+
     def task_entries(self, server_round: int, training: bool) -> dict[str, ConfigValue]:
-        return task_entries(self.request(server_round) if training else "off", self.env.plain_sgd)
+        if not training:
+            return task_entries("off", self.env.plain_sgd)
+        return task_entries(self.request(server_round), self.env.plain_sgd, self.top_rule(server_round))
 
     def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
         return client_hooks(client_config)
@@ -146,6 +191,10 @@ class PruneFL(PruningMethod):
         if self.request(server_round) != "upload":
             return None
         return len(statistic_positions(self.env.layout, mask, self.env.plain_sgd))
+
+    def upload_plan(self, server_round: int, mask: np.ndarray) -> SparsePlan | None:
+        rule = self.top_rule(server_round)
+        return None if rule is None else segment_plan(self.env.layout, mask, rule)
 
     def check_report(self, report: ClientReport) -> None:
         super().check_report(report)

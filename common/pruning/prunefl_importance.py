@@ -20,7 +20,11 @@ Under full participation a client adds its S_c to a sum on the node and uploads
 it only in reconfiguration rounds; under client sampling each participant uploads
 in the round it trains, so no per-client sum of model size outlives a round. What
 a client does in a round travels as the task entries ``importance`` (``off`` |
-``accumulate`` | ``upload``) and ``importance-scope`` (``pruned`` | ``all``).
+``accumulate`` | ``upload``) and ``importance-scope`` (``pruned`` | ``all``); with
+``pruning.prunefl.importance-upload = "top"`` an upload round adds the entries
+``importance-top.*`` (:class:`~common.pruning.prunefl_top.TopRule`) and the client
+sends only the top of each layer's pruned-position importance
+(:mod:`common.pruning.prunefl_top`), which the server decodes with the rest zero.
 
 Each client's influence is bounded (:mod:`common.bounds`): its uploaded mass
 sum_j S_{c,j} is scaled down to at most ``federation.statistic-factor`` times the
@@ -44,7 +48,9 @@ from ..bounds import median_clip_scales
 from ..layout import ModelLayout
 from ..settings import Section
 from ..training import GradientStatistic, LocalResult, NodeStore, TrainingHooks
+from ..wire.sparse import SparsePlan
 from .base import ClientReport, ConfigValue, RoundUpdate
+from .prunefl_top import TopRule, keep_top, segment_plan
 
 Request = Literal["off", "accumulate", "upload"]
 SUM_KEY = "prunefl.importance"  # the node's sum, in its NodeStore
@@ -61,9 +67,24 @@ class ImportanceTask(Section):
     importance_scope: Literal["pruned", "all"] = "pruned"
 
 
-def task_entries(request: Request, plain_sgd: bool) -> dict[str, ConfigValue]:
-    """The round's task entries for ``request``; the scope follows from the optimiser."""
-    return ImportanceTask(request, "pruned" if plain_sgd else "all").to_flat()  # type: ignore[return-value]
+def task_entries(request: Request, plain_sgd: bool, top: TopRule | None = None) -> dict[str, ConfigValue]:
+    """The round's task entries for ``request``; the scope follows from the optimiser.
+
+    ``top`` (upload rounds of the ``top`` upload only) adds the bound's inputs; the
+    exact upload's entries are unchanged.
+    """
+    scope = "pruned" if plain_sgd else "all"
+    entries: dict[str, ConfigValue] = dict(ImportanceTask(request, scope).to_flat())
+    if top is not None:
+        entries.update(top.to_flat())
+    return entries
+
+
+def top_rule(client_config: Mapping[str, ConfigValue]) -> TopRule | None:
+    """The ``top`` upload's rule when the task carries one, else None (the exact upload)."""
+    if not any(key.startswith(TopRule.PREFIX + ".") for key in client_config):
+        return None
+    return TopRule.from_flat(client_config)
 
 
 def statistic_positions(layout: ModelLayout, mask: np.ndarray, plain_sgd: bool) -> np.ndarray:
@@ -77,8 +98,15 @@ class ImportanceHooks(TrainingHooks):
 
     statistic = GradientStatistic.SUM
 
-    def __init__(self, task: ImportanceTask) -> None:
+    def __init__(self, task: ImportanceTask, top: TopRule | None = None) -> None:
         self.task = task
+        self.top = top
+        if top is not None and task.importance_scope != "pruned":
+            raise ValueError("the 'top' importance upload covers pruned positions only (plain SGD)")
+
+    def upload_plan(self, layout: ModelLayout, mask: np.ndarray) -> SparsePlan | None:
+        """The segments of the ``top`` upload (None: the exact upload)."""
+        return None if self.top is None else segment_plan(layout, mask, self.top)
 
     def upload(
         self,
@@ -97,7 +125,8 @@ class ImportanceHooks(TrainingHooks):
             return None
         store.delete(SUM_KEY)
         store.delete(VERSION_KEY)
-        return total
+        plan = self.upload_plan(layout, mask)
+        return total if plan is None else keep_top(total, plan)
 
 
 def _add_to_node_sum(store: NodeStore, values: np.ndarray, mask_version: int) -> np.ndarray:
@@ -115,7 +144,7 @@ def _add_to_node_sum(store: NodeStore, values: np.ndarray, mask_version: int) ->
 def client_hooks(client_config: Mapping[str, ConfigValue]) -> TrainingHooks:
     """The round's hooks: plain training when the task asks for no statistic."""
     task = ImportanceTask.from_flat(client_config)
-    return TrainingHooks() if task.importance == "off" else ImportanceHooks(task)
+    return TrainingHooks() if task.importance == "off" else ImportanceHooks(task, top_rule(client_config))
 
 
 # -- server side ----------------------------------------------------------------------------

@@ -30,10 +30,15 @@ from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 from flwr.supercore.constant import HEAD_BODY_DIVIDER, HEAD_VALUE_DIVIDER
 from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
-from .codec import IMPORTANCE, MASK, VALUES
+from .codec import IMPORTANCE, IMPORTANCE_TOP, MASK, VALUES
 
 CATEGORIES = ("values", "mask", "importance", "other")
-_CATEGORY_OF_ARRAY = {VALUES: "values", MASK: "mask", IMPORTANCE: "importance"}
+_CATEGORY_OF_ARRAY = {
+    VALUES: "values",
+    MASK: "mask",
+    IMPORTANCE: "importance",
+    IMPORTANCE_TOP: "importance",
+}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,12 @@ array           content
                 or plain bitmap, a per-channel bitmap for structured masks, as an
                 XOR delta against a version the receiver holds where smaller
 ``importance``  value section of the importance statistic, only when asked for
+``importance-   sparse section (:mod:`common.wire.sparse`) of the statistic instead,
+top``           when the method announced a sparse plan (PruneFL's ``top`` upload):
+                per segment the nonzero entries, as Golomb-coded gaps + bfloat16
 ==============  =================================================================
 
-Keeping the four apart lets :mod:`common.wire.accounting` report bytes by
+Keeping them apart lets :mod:`common.wire.accounting` report bytes by
 category. Decoding checks every length against the layout and the mask before
 allocating, and raises :class:`WireError` naming the array and what was expected.
 """
@@ -35,13 +38,15 @@ from flwr.app import Array, ArrayRecord
 from ..layout import ModelLayout
 from . import masks
 from .errors import WireError
+from .sparse import SparsePlan, decode_sparse, encode_sparse, sparse_counts
 from .values import ValueFormat, decode_values, encode_values, read_header, value_bits
 
 VALUES = "values"
 COUNTERS = "counters"
 MASK = "mask"
 IMPORTANCE = "importance"
-ARRAY_NAMES = (VALUES, COUNTERS, MASK, IMPORTANCE)
+IMPORTANCE_TOP = "importance-top"
+ARRAY_NAMES = (VALUES, COUNTERS, MASK, IMPORTANCE, IMPORTANCE_TOP)
 STYPES = {name: f"fedprune.{name}.v1" for name in ARRAY_NAMES}
 
 
@@ -65,6 +70,7 @@ class ModelPayload:
     mask: np.ndarray | None = None  # the full mask (over the layout's floats), when it travels
     statistic: np.ndarray | None = None  # a method's uploaded vector (PruneFL's importance)
     relative: bool = False  # values are an update relative to a reference both ends hold
+    statistic_plan: SparsePlan | None = None  # send ``statistic`` sparse, in these segments
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,10 @@ def importance_array(importance: np.ndarray, fmt: WireFormat) -> Array:
     return _array(IMPORTANCE, encode_values(importance, fmt.importance, fmt.level))
 
 
+def importance_top_array(importance: np.ndarray, plan: SparsePlan, fmt: WireFormat) -> Array:
+    return _array(IMPORTANCE_TOP, encode_sparse(importance, plan, fmt.level))
+
+
 def encode_payload(
     payload: ModelPayload,
     layout: ModelLayout,
@@ -123,7 +133,9 @@ def encode_payload(
         arrays[COUNTERS] = counters_array(payload.counters)
     if payload.mask is not None:
         arrays[MASK] = mask_array(layout, payload.mask, fmt, base, base_version, kept)
-    if payload.statistic is not None:
+    if payload.statistic is not None and payload.statistic_plan is not None:
+        arrays[IMPORTANCE_TOP] = importance_top_array(payload.statistic, payload.statistic_plan, fmt)
+    elif payload.statistic is not None:
         arrays[IMPORTANCE] = importance_array(payload.statistic, fmt)
     return ArrayRecord(arrays)
 
@@ -176,12 +188,15 @@ def decode_payload(
     statistic_length: int | None = None,
     reference: np.ndarray | None = None,
     expected: WireFormat | None = None,
+    statistic_plan: SparsePlan | None = None,
 ) -> ModelPayload:
     """Decode values (and the method's statistic vector) against ``mask``, the mask in force.
 
     The statistic vector travels in the ``importance`` section (PruneFL's is the
     only one today), in ``wire.importance``'s format; ``statistic_length`` is its
-    expected length, None when none may come.
+    expected length, None when none may come. With ``statistic_plan`` it must come
+    sparse instead (``importance-top``, of ``statistic_plan.length`` entries, at most
+    its limits per segment) and is returned whole, zero where nothing was sent.
 
     The caller resolves ``mask`` first (from :func:`decode_mask` or its cache).
     Values sent relative to a reference (a lossy update) are added to
@@ -213,6 +228,25 @@ def decode_payload(
         counters = np.frombuffer(data, dtype="<i8").astype(np.int64)
     elif COUNTERS in record:
         raise WireError("array 'counters' was sent for a model without integer buffers")
+    statistic = _decode_statistic(record, statistic_length, statistic_plan, expected)
+    return ModelPayload(values=values, counters=counters, statistic=statistic)
+
+
+def _decode_statistic(
+    record: ArrayRecord,
+    statistic_length: int | None,
+    statistic_plan: SparsePlan | None,
+    expected: WireFormat | None,
+) -> np.ndarray | None:
+    """The statistic vector of a reply: dense, sparse per ``statistic_plan``, or None when none may come."""
+    if statistic_plan is not None and statistic_length is not None:
+        if statistic_plan.length != statistic_length:
+            raise WireError(f"a sparse plan of {statistic_plan.length} entries for {statistic_length}")
+        if IMPORTANCE in record:
+            raise WireError("array 'importance' was sent whole; this round's upload is 'importance-top'")
+        return decode_sparse(_section(record, IMPORTANCE_TOP), statistic_plan, "array 'importance-top'")
+    if IMPORTANCE_TOP in record:
+        raise WireError("array 'importance-top' was not asked for")
     statistic = None
     if statistic_length is not None:
         section = _section(record, IMPORTANCE)
@@ -222,7 +256,7 @@ def decode_payload(
             raise WireError("array 'importance' cannot be relative")
     elif IMPORTANCE in record:
         raise WireError("array 'importance' was not asked for")
-    return ModelPayload(values=values, counters=counters, statistic=statistic)
+    return statistic
 
 
 def payload_info(record: ArrayRecord) -> PayloadInfo:
@@ -235,5 +269,8 @@ def payload_info(record: ArrayRecord) -> PayloadInfo:
         if name in record:
             fmt, count, _, _, _ = read_header(_section(record, name), f"array {name!r}")
             info[count_key], info[bits_key] = count, value_bits(fmt)
+    if IMPORTANCE_TOP in record:  # the entries sent; their positions are not in the bound
+        count, fmt = sparse_counts(_section(record, IMPORTANCE_TOP), "array 'importance-top'")
+        info["num_importance"], info["importance_bits"] = count, value_bits(fmt)
     info["mask_base"] = mask_base_version(record)
     return PayloadInfo(**info)  # type: ignore[arg-type]
