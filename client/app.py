@@ -344,11 +344,12 @@ def train(message: Message, context: Context) -> RecordDict:
         kept = received.gather(floats)
         sent = kept - received.values if lossy else kept
         payload = ModelPayload(sent, ints, statistic=upload, relative=lossy, statistic_plan=upload_plan)
+        arrays = encode_payload(payload, layout, spec.wire)
     else:
         payload = ModelPayload(
             floats[own_mask], ints, mask=own_mask, statistic=upload, statistic_plan=upload_plan
         )
-    arrays = encode_payload(payload, layout, spec.wire)
+        arrays = encode_own_mask(payload, layout, spec, mask)
     finished = time.monotonic()
     metrics = MetricRecord(
         {
@@ -369,6 +370,21 @@ def train(message: Message, context: Context) -> RecordDict:
     for key, value in hooks.report().items():
         metrics[f"{keys.METHOD_PREFIX}{key}"] = value
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
+
+
+def encode_own_mask(
+    payload: ModelPayload, layout: ModelLayout, spec: TaskSpec, received: np.ndarray
+) -> ArrayRecord:
+    """A reply carrying the client's own mask, coded against ``received`` where that is smaller.
+
+    ``received`` is the mask of ``spec.mask_version``, which this node holds (it is
+    stored in :class:`~client.node_state.NodeState` when the message brings it) and
+    the server keeps in its :class:`~server.mask_ledger.MaskLedger`; the mask
+    section names that version as its base, and each tensor is coded directly or
+    as its XOR with the base, whichever is smaller (:mod:`common.wire.masks`).
+    """
+    base = received if spec.mask_version else None  # version 0: the dense mask, direct coding covers it
+    return encode_payload(payload, layout, spec.wire, base=base, base_version=spec.mask_version)
 
 
 @app.train("initial_pruning")

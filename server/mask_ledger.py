@@ -57,6 +57,24 @@ class MaskLedger:
             return None
         return np.unpackbits(packed, count=self.layout.num_floats).view(bool)
 
+    def reply_base(self, named: int, held: int) -> np.ndarray:
+        """The mask a node's reply codes its own mask against: version ``named``.
+
+        ``held`` is the version the node holds: the one this round's message gave it,
+        which its reply says it trained under (checked before). A reply may name that
+        version or 0 (the dense mask, i.e. coded directly); any other version, or one
+        the ledger no longer keeps, raises :class:`LookupError` saying which.
+        """
+        if named not in (0, held):
+            raise LookupError(
+                f"the reply's mask is a delta against version {named}, but the node holds "
+                f"version {held}; allowed bases: 0 (none) or {held}"
+            )
+        base = self.mask(named)
+        if base is None:
+            raise LookupError(f"the reply's mask is a delta against version {named}, which is not kept here")
+        return base
+
     def keep_only(self, current: int, connected: Iterable[int]) -> None:
         """Forget nodes that left and every version but ``current`` and those still held."""
         connected = set(connected)

@@ -45,7 +45,7 @@ from common.pruning.base import ConfigValue
 from common.task import TaskSpec
 from common.training import Evaluation
 from common.wire import WireError
-from common.wire.codec import decode_mask, decode_payload
+from common.wire.codec import decode_mask, decode_payload, mask_base_version
 
 from . import validation
 from .checkpoint import CheckpointPlanner, CheckpointSchedule, load_rng_state, rng_state, write_checkpoint
@@ -292,7 +292,7 @@ class PruningFedAvg(Strategy):
         extras = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
         budgeted = node.node_id in self.budgeted
         try:
-            client_mask = decode_mask(record, self.model.layout)
+            client_mask = self._client_mask(record)
             if client_mask is not None and not self.plan.client_masks and not budgeted:
                 raise WireError("a client may not change the mask")
             if client_mask is None and (self.plan.client_masks or budgeted):
@@ -342,6 +342,23 @@ class PruningFedAvg(Strategy):
         except ValueError as exc:
             raise RejectedReply("bad-metric", str(exc)) from exc
         return decoded
+
+    def _client_mask(self, record: ArrayRecord) -> np.ndarray | None:
+        """The client's own mask in a training reply (None: it carries none), resolved against its base.
+
+        The mask section names the version it is a delta against: the one the node
+        holds (this round's, which its metrics named) or 0. The base comes from the
+        messenger's :class:`~server.mask_ledger.MaskLedger`; a base the server does
+        not know for that node is a :class:`WireError` (a ``bad-payload`` rejection).
+        """
+        named = mask_base_version(record)
+        if named is None:
+            return None
+        try:
+            base = self.messenger.ledger.reply_base(named, self.model.mask_version)
+        except LookupError as exc:
+            raise WireError(str(exc)) from exc
+        return decode_mask(record, self.model.layout, lambda version: base if version == named else None)
 
     def _collect(
         self,

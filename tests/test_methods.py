@@ -49,6 +49,8 @@ CASES: dict[str, list[str]] = {
     "tgf": ["pruning.tgf.search-fraction=0.34"],
     "l1-filter": [],
     "rethinking": ["pruning.rethinking.regime=lottery"],  # source: the magnitude run
+    # readjust in rounds 1 and 2 (alpha_3 = 0 at T_end = 3)
+    "feddst": ["pruning.feddst.interval=1", "pruning.feddst.end-fraction=1.0", "pruning.feddst.alpha=0.3"],
 }
 SOURCE_OF = {"rethinking": "magnitude"}
 pytestmark = pytest.mark.usefixtures("one_thread")

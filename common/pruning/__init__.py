@@ -20,6 +20,7 @@ from .base import (
     RoundUpdate,
 )
 from .droppruning import DropPruning
+from .feddst import FedDST
 from .gibbs import GibbsPruning
 from .l1filter import L1FilterPruning
 from .magnitude import MagnitudePruning
@@ -41,6 +42,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     TrainableGates.name: TrainableGates,
     L1FilterPruning.name: L1FilterPruning,
     Rethinking.name: Rethinking,
+    FedDST.name: FedDST,
 }
 
 __all__ = [
