@@ -88,8 +88,7 @@ def run_initial_pruning(
 ) -> InitialPruningReport:
     """Compute the initial mask where the configuration says, and adopt it (``progress`` observes)."""
     if not method.needs_initial_data():
-        result = method.initial_mask(model.floats, model.mask, None)
-        model.set_mask(result.mask)
+        _adopt(model, method.initial_mask(model.floats, model.mask, None))  # weights too, if it set them
         return InitialPruningReport(where="none", density=model.density)
     spec = method.initial_data_spec()
     where, partition_id = spec.where, spec.partition_id

@@ -136,3 +136,20 @@ def test_compare_runs_methods_on_identical_settings_and_prints_one_table(tmp_pat
     assert none.final_density == 1.0 and none.flops_per_step == none.dense_flops_per_step == 6 * 337_536 * 32
     assert magnitude.final_density == pytest.approx(0.1, abs=0.005)
     assert magnitude.flops_per_step < 0.2 * none.flops_per_step and magnitude.bytes_total < none.bytes_total
+
+
+def test_the_server_starts_from_the_regimes_weights(source):
+    """The weights ``initial_mask`` returns are the run's start, not only its mask (finetune: inherited)."""
+    from server.global_model import GlobalModel
+    from server.initial_pruning import run_initial_pruning
+
+    layout = _env().layout
+    inherited = layout.flatten(build_model("digits-cnn", 10, SHAPE, seed=11).state_dict())[0]
+    fresh, ints = layout.flatten(build_model("digits-cnn", 10, SHAPE, seed=5).state_dict())
+    model = GlobalModel(layout, fresh.copy(), ints, layout.full_mask())
+    method = _method(source, "finetune")
+    config = AppConfig.from_flat({"pruning.method": "rethinking"})
+    report = run_initial_pruning(config, method, model, None, None, None, None, None)  # type: ignore[arg-type]
+    assert report.where == "none"
+    np.testing.assert_array_equal(model.mask, method.source.mask)
+    np.testing.assert_array_equal(model.floats[model.mask], inherited[model.mask])

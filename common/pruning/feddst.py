@@ -71,7 +71,27 @@ from .base import (
 )
 from .selection import keep_top, layer_count, random_scores
 
-READJUST = "readjust"  # the phase of a readjustment round, in the round plan's client config
+READJUST = "readjust"
+
+
+def sparse_fan_in_scaled(floats: np.ndarray, mask: np.ndarray, layout: ModelLayout) -> np.ndarray:
+    """The weights with every prunable layer's kept entries scaled by 1 / sqrt(d_l).
+
+    d_l is the layer's kept fraction. A dense initialisation scaled for fan-in n
+    (Kaiming / LeCun: Var w = c / n) leaves a unit of a layer that keeps a fraction
+    d_l of its inputs with d_l times the variance it was meant to have, layer after
+    layer (d^L over L layers: the signal vanishes and a sparse model trained from
+    its start barely moves). Multiplying by 1 / sqrt(d_l) restores it, as the
+    sparse initialisation of Evci et al. (RigL, ICML 2020) does with each unit's own
+    sparse fan-in; here with the layer's mean fan-in.
+    """
+    out = floats.copy()
+    for t in layout.prunable:
+        kept = mask[t.offset : t.offset + t.size]
+        fraction = float(np.count_nonzero(kept)) / t.size
+        if 0 < fraction < 1:
+            out[t.offset : t.offset + t.size] *= np.float32(1 / math.sqrt(fraction))
+    return out  # the phase of a readjustment round, in the round plan's client config
 
 
 @dataclass(frozen=True)
@@ -231,7 +251,8 @@ class FedDST(DensityPruning):
     def initial_mask(self, floats: np.ndarray, mask: np.ndarray, data: InitialData | None) -> InitialPruning:
         layout = self.env.layout
         scores = random_scores(self.rng(0), layout.num_floats)
-        return InitialPruning(mask=keep_top(scores, layout, self.settings.target_density, "layer"))
+        new_mask = keep_top(scores, layout, self.settings.target_density, "layer")
+        return InitialPruning(mask=new_mask, floats=sparse_fan_in_scaled(floats, new_mask, layout))
 
     def round_plan(self, server_round: int) -> RoundPlan:
         if not is_readjustment_round(server_round, self.settings, self.env.num_rounds):
