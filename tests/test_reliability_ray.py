@@ -46,6 +46,9 @@ FROM_METADATA = {  # columns that include the varint-encoded random ids (see the
     "ratio_up",
     "modelled_round_time_s",
     "modelled_elapsed_s",
+    # with one profile the straggler is the client with the most bytes, ids included
+    "modelled_straggler_share",
+    "straggler_partition",
 }
 MAX_ID_BYTES_PER_MESSAGE = 2  # the run id and the node id each take 9 or 10 bytes
 
