@@ -192,6 +192,13 @@ def _prunable_masks(
     return pairs
 
 
+@torch.no_grad()
+def zero_pruned(model: nn.Module, layout: ModelLayout, mask: np.ndarray) -> None:
+    """Set the weights ``mask`` prunes to zero, in place."""
+    for parameter, float_mask in _prunable_masks(model, layout, mask):
+        parameter.mul_(float_mask)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device ``model``'s parameters live on (see :mod:`common.device`)."""
     return next(model.parameters()).device
@@ -317,9 +324,7 @@ def train_locally(
         samples += len(labels)
         loss_sum += float(loss.detach()) * len(labels)
     if not masked_forward:
-        with torch.no_grad():
-            for p, m in pairs:
-                p.mul_(m)
+        zero_pruned(model, layout, mask)
     result_statistic = None if accumulated is None else accumulated.vector()
     return LocalResult(samples=samples, mean_loss=loss_sum / max(samples, 1), statistic=result_statistic)
 

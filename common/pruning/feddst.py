@@ -58,7 +58,15 @@ from torch import nn
 
 from ..bounds import median_clip_scales
 from ..layout import ModelLayout
-from ..training import GradientStatistic, LocalResult, LossFn, SgdSettings, TrainingHooks, train_locally
+from ..training import (
+    GradientStatistic,
+    LocalResult,
+    LossFn,
+    SgdSettings,
+    TrainingHooks,
+    train_locally,
+    zero_pruned,
+)
 from .base import (
     ClientReport,
     ConfigValue,
@@ -229,15 +237,9 @@ class FedDSTHooks(TrainingHooks):
     def client_mask(self, model: nn.Module, layout: ModelLayout, mask: np.ndarray) -> np.ndarray:
         if self.gradient is None:
             raise RuntimeError("FedDST's client mask needs the round's gradient: train first")
-        params = dict(model.named_parameters())
-        floats = np.zeros(layout.num_floats, dtype=np.float32)
-        for t in layout.prunable:
-            floats[t.slice] = params[t.name].detach().cpu().reshape(-1).numpy()
+        floats, _ = layout.flatten(model.state_dict())
         own = readjusted_mask(floats, self.gradient, mask, layout, self.fraction)
-        with torch.no_grad():  # dropped weights go to zero; grown ones are zero already
-            for t in layout.prunable:
-                keep = torch.from_numpy(own[t.slice].reshape(t.shape))
-                params[t.name].mul_(keep.to(params[t.name].device, params[t.name].dtype))
+        zero_pruned(model, layout, own)  # dropped weights go to zero; grown ones are zero already
         return own
 
 
