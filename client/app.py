@@ -122,12 +122,11 @@ def _thread_model(name: str, source: DatasetSource, device: torch.device) -> nn.
     by two handlers at once. Methods that change a model's shape work on copies
     (:func:`common.pruning.shrink.shrink_model`).
     """
-    models: dict[tuple, nn.Module] = _built.__dict__.setdefault("models", {})
     key = (name, source.num_classes, tuple(source.input_shape), str(device))
-    if key not in models:
-        models.clear()  # one architecture at a time: a process serves one run
-        models[key] = build_model(name, source.num_classes, source.input_shape).to(device)
-    return models[key]
+    if getattr(_built, "key", None) != key:  # one architecture at a time: a process serves one run
+        _built.model = build_model(name, source.num_classes, source.input_shape).to(device)
+        _built.key = key
+    return _built.model
 
 
 def prepare(message: Message, context: Context) -> Job:
@@ -164,11 +163,12 @@ def prepare(message: Message, context: Context) -> Job:
 
 @dataclass(frozen=True)
 class Received:
-    """The model a message carried: its mask, the mask's kept indices and the kept values."""
+    """The model a message carried: its mask, the mask's kept indices, the kept values, all floats."""
 
     mask: np.ndarray
     kept: np.ndarray | None  # np.flatnonzero(mask), faster to gather by than the mask; None: all kept
     values: np.ndarray
+    floats: np.ndarray  # the model's flat floats as loaded: ``values`` at kept positions, 0 elsewhere
 
     def gather(self, floats: np.ndarray) -> np.ndarray:
         """``floats[mask]``: the values at the kept positions (``floats`` itself when all are kept)."""
@@ -187,7 +187,7 @@ def load_model(job: Job, record: ArrayRecord) -> Received:
         kept, floats = np.flatnonzero(mask), np.zeros(job.layout.num_floats, dtype=np.float32)
         floats[kept] = payload.values
     load_flat(job.model, job.layout, floats, payload.counters)
-    return Received(mask, kept, payload.values)
+    return Received(mask, kept, payload.values, floats)
 
 
 def _arrays(message: Message) -> ArrayRecord:
@@ -291,7 +291,7 @@ def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -
     return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
-def budget_mask(job: Job, config: ConfigRecord, mask: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+def budget_mask(job: Job, config: ConfigRecord, received: Received) -> np.ndarray | None:
     """The sub-mask this node trains under the round's budget (common/budget.py), None without one."""
     try:
         fraction = fraction_for(dict(config), job.partition_id)
@@ -299,9 +299,7 @@ def budget_mask(job: Job, config: ConfigRecord, mask: np.ndarray, values: np.nda
         raise BadMessage(str(exc)) from exc
     if fraction is None:
         return None
-    floats = np.zeros(job.layout.num_floats, dtype=np.float32)
-    floats[mask] = values
-    return magnitude_submask(job.layout, floats, mask, fraction)
+    return magnitude_submask(job.layout, received.floats, received.mask, fraction)
 
 
 @app.train()
@@ -318,7 +316,7 @@ def train(message: Message, context: Context) -> RecordDict:
     client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
     hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
-    trained_mask = budget_mask(job, config, mask, received.values)
+    trained_mask = budget_mask(job, config, received)
     result = hooks.train(
         job.model,
         layout,
