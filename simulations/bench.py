@@ -20,6 +20,18 @@ target accuracy and the device profiles to model::
     seconds.none = { "0.7" = 17500, "0.8" = 51900 }      # modelled seconds to an accuracy
     min-speedup."0.7" = { counted = 2.0, not-counted = 5.0 }
 
+An entry of ``methods`` is a method or an *arm*: a method run with settings of its
+own on top of the shared ones, for comparing one method under two settings (PruneFL
+without and with per-client round budgets)::
+
+    [arms.prunefl-budget]
+    method = "prunefl"
+    description = "PruneFL, each client within a 12 s round budget"
+    set = { "fleet.round-budget" = 12.0 }
+
+An arm's runs folder and label are its name; a plain method is the arm of its own
+name with no settings of its own.
+
 ``density-from = "prunefl"`` in ``[bench]`` makes every other method with a target
 density (SNIP, magnitude pruning) prune to that method's *final* density, as
 PruneFL's paper runs its baselines: those methods run after it, their
@@ -76,19 +88,41 @@ class BenchError(ValueError):
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One run of a bench: its name (label and runs folder), its method, its own settings."""
+
+    name: str
+    method: str
+    overrides: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class BenchPreset:
-    """What a benchmark runs: a shared federated setting, methods, a target and profiles."""
+    """What a benchmark runs: a shared federated setting, arms, a target and profiles."""
 
     name: str
     description: str = ""
     simulate: str = ""
     overrides: dict[str, object] = field(default_factory=dict)
-    methods: tuple[str, ...] = (BASELINE, "prunefl")
+    methods: tuple[str, ...] = (BASELINE, "prunefl")  # arm names (a method is its own arm)
+    arms: dict[str, Arm] = field(default_factory=dict)  # the arms defined in [arms]
     target: float = 0.9
     profiles: tuple[str, ...] = ()
     targets: Targets = field(default_factory=lambda: Targets())
-    density_from: str = ""  # methods with a target density take this method's final density
+    density_from: str = ""  # methods with a target density take this arm's final density
     paper: PaperFigures | None = None
+
+    def arm(self, name: str) -> Arm:
+        """The arm ``name``: one of ``[arms]``, else the method of that name with no settings of its own."""
+        return self.arms.get(name) or Arm(name, name)
+
+    def resolve(self, names: Sequence[str]) -> list[Arm]:
+        """The arms ``names`` (``--methods`` or the preset's), each checked; raises ConfigError."""
+        check_methods([n for n in names if n not in self.arms], [*self.arms])
+        if len(set(names)) != len(names):
+            raise ConfigError("--methods", ",".join(names), "each method once", what="option")
+        return [self.arm(name) for name in names]
 
 
 @dataclass(frozen=True)
@@ -116,7 +150,7 @@ def load_bench_preset(name: str) -> BenchPreset:
     """A bundled bench preset by name, or a bench preset file by path."""
     path, table = load_preset_table(name, BENCH_PACKAGE, "preset", "bench preset")
     bench = table.get("bench", {})
-    unknown = set(table) - {"bench", "set", "targets", "paper"} | set(bench) - {
+    unknown = set(table) - {"bench", "set", "targets", "paper", "arms"} | set(bench) - {
         "description",
         "simulate",
         "methods",
@@ -129,7 +163,7 @@ def load_bench_preset(name: str) -> BenchPreset:
             "preset",
             str(path),
             f"only [bench] (description, simulate, methods, target, profiles, density-from), [set], "
-            f"[targets] and [paper] (not {sorted(unknown)})",
+            f"[arms], [targets] and [paper] (not {sorted(unknown)})",
             what="argument",
         )
     target = bench.get("target", 0.9)
@@ -141,16 +175,49 @@ def load_bench_preset(name: str) -> BenchPreset:
         simulate=str(bench.get("simulate", "")),
         overrides=flatten(table.get("set", {})),
         methods=tuple(bench.get("methods", (BASELINE, "prunefl"))),
+        arms=read_arms(table.get("arms", {})),
         target=float(target),
         profiles=tuple(bench.get("profiles", ())),
         targets=read_targets(table.get("targets", {})),
         density_from=str(bench.get("density-from", "")),
         paper=read_paper(table["paper"]) if "paper" in table else None,
     )
-    check_methods(preset.methods)
+    preset.resolve(preset.methods)
     if preset.density_from:
-        check_methods([preset.density_from])
+        preset.resolve([preset.density_from])
     return preset
+
+
+ARM_KEYS = ("method", "description", "set")
+
+
+def read_arms(table: dict) -> dict[str, Arm]:
+    """A preset's ``[arms]``: per arm name its method and settings (see the module)."""
+    arms = {}
+    for name, arm in table.items():
+        key = f"arms.{name}"
+        if not isinstance(arm, dict) or set(arm) - set(ARM_KEYS) or "method" not in arm:
+            raise ConfigError(key, str(arm), f"a table with a method and optionally {list(ARM_KEYS[1:])}")
+        if name == BASELINE or (name in METHODS and arm["method"] != name):
+            raise ConfigError(key, name, "a name that is not dense FedAvg's nor another method's")
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ConfigError(key, name, "a name of letters, digits, - and _ (it names a folder)")
+        check_methods([str(arm["method"])])
+        if not isinstance(arm.get("set", {}), dict):
+            raise ConfigError(f"{key}.set", str(arm["set"]), "a table of settings")
+        overrides = flatten(arm.get("set", {}))
+        own = f"pruning.{arm['method']}."
+        foreign = [
+            k
+            for k in overrides
+            if k.startswith("output.") or (k.startswith("pruning.") and not k.startswith(own))
+        ]
+        if foreign:
+            raise ConfigError(
+                f"{key}.set", str(foreign), f"settings other than output.* and pruning.* outside {own}*"
+            )
+        arms[name] = Arm(name, str(arm["method"]), overrides, str(arm.get("description", "")))
+    return arms
 
 
 def read_targets(table: dict) -> Targets:
@@ -220,12 +287,14 @@ def read_paper(table: dict) -> PaperFigures:
     )
 
 
-def check_methods(methods: Sequence[str]) -> None:
+def check_methods(methods: Sequence[str], arms: Sequence[str] = ()) -> None:
+    """Every entry of ``methods`` is a method that starts from nothing; raises ConfigError."""
     startable = [m for m in METHODS if m not in NEEDS_SOURCE]
     for method in methods:
         if method not in startable:
+            also = f" or the preset's arms {list(arms)}" if arms else ""
             raise ConfigError(
-                "--methods", method, f"methods that start from nothing: {startable}", what="option"
+                "--methods", method, f"methods that start from nothing: {startable}{also}", what="option"
             )
     if len(set(methods)) != len(methods):
         raise ConfigError("--methods", ",".join(methods), "each method once", what="option")
@@ -249,16 +318,22 @@ def shared_setting(preset: BenchPreset, overrides: Iterable[tuple[str, object]] 
     return flat
 
 
-def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> AppConfig:
-    """``method``'s configuration: the shared keys, its own table only, its runs folder.
+def arm_config(shared: dict[str, object], arm: Arm, runs_dir: Path) -> AppConfig:
+    """``arm``'s configuration: the shared keys and its own, its method's table only, its runs folder.
 
     Keys of other methods' tables are dropped; the method's own keys come from the
-    shared setting, else from its bundled preset (``simulations/<method>.toml``).
+    arm's settings, else the shared setting, else its bundled preset
+    (``simulations/<method>.toml``).
     """
-    flat = with_method(shared, method)
-    flat.update({k: v for k, v in preset_method_keys(method).items() if k not in flat})
-    flat.update({"output.dir": str(runs_dir), "output.name": method})
+    flat = with_method({**shared, **arm.overrides}, arm.method)
+    flat.update({k: v for k, v in preset_method_keys(arm.method).items() if k not in flat})
+    flat.update({"output.dir": str(runs_dir), "output.name": arm.name})
     return AppConfig.from_flat(flat)
+
+
+def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> AppConfig:
+    """The configuration of ``method`` run as its own arm (:func:`arm_config`)."""
+    return arm_config(shared, Arm(method, method), runs_dir)
 
 
 def config_difference(folder: Path, config: AppConfig) -> str | None:
@@ -273,9 +348,9 @@ def config_difference(folder: Path, config: AppConfig) -> str | None:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What to do for one method: ``reuse`` a finished run, ``resume`` one, or ``start`` afresh."""
+    """What to do for one arm: ``reuse`` a finished run, ``resume`` one, or ``start`` afresh."""
 
-    method: str
+    arm: str
     config: AppConfig
     action: str
     checkpoint: Checkpoint | None = None
@@ -290,10 +365,10 @@ def plan_run(config: AppConfig) -> RunPlan:
 
     A folder holding a run of another configuration is refused (rather than overwritten).
     """
-    method = config.pruning.method
+    arm = config.output.name
     folder = Path(config.output.dir) / config.output.name
     if not (folder / CONFIG_FILE).is_file():
-        return RunPlan(method, config, "start")
+        return RunPlan(arm, config, "start")
     difference = config_difference(folder, config)
     if difference is not None:
         raise BenchError(
@@ -301,18 +376,18 @@ def plan_run(config: AppConfig) -> RunPlan:
             "remove it or write the report elsewhere (--output)"
         )
     if (folder / SUMMARY_FILE).is_file():
-        return RunPlan(method, config, "reuse")
+        return RunPlan(arm, config, "reuse")
     try:
         checkpoint = latest_checkpoint(folder)
     except CheckpointError:
-        return RunPlan(method, config, "start")  # killed before its first checkpoint
-    return RunPlan(method, config, "resume", checkpoint)
+        return RunPlan(arm, config, "start")  # killed before its first checkpoint
+    return RunPlan(arm, config, "resume", checkpoint)
 
 
-def plan_runs(shared: dict[str, object], methods: Sequence[str], report_dir: Path) -> list[RunPlan]:
-    """One plan per method, every configuration validated before anything runs."""
+def plan_runs(shared: dict[str, object], arms: Sequence[Arm], report_dir: Path) -> list[RunPlan]:
+    """One plan per arm, every configuration validated before anything runs."""
     runs_dir = report_dir / RUNS_DIR
-    return [plan_run(method_config(shared, method, runs_dir)) for method in methods]
+    return [plan_run(arm_config(shared, arm, runs_dir)) for arm in arms]
 
 
 def density_key(method: str) -> str | None:
@@ -322,25 +397,28 @@ def density_key(method: str) -> str | None:
 
 
 def density_dependents(
-    preset: BenchPreset, methods: Sequence[str], overrides: Iterable[tuple[str, object]] = ()
-) -> list[str]:
-    """The methods whose target density comes from ``preset.density_from``'s final density.
+    preset: BenchPreset, arms: Sequence[Arm], overrides: Iterable[tuple[str, object]] = ()
+) -> list[Arm]:
+    """The arms whose target density comes from ``preset.density_from``'s final density.
 
-    A method whose density key the user sets explicitly (``--set``) keeps it.
+    An arm whose density key is set explicitly (``--set``, or the arm's own settings) keeps it.
     """
     if not preset.density_from:
         return []
     given = {key for key, _ in overrides}
     dependents = [
-        m
-        for m in methods
-        if m != preset.density_from and density_key(m) is not None and density_key(m) not in given
+        a
+        for a in arms
+        if a.name != preset.density_from
+        and (key := density_key(a.method)) is not None
+        and key not in given
+        and key not in a.overrides
     ]
-    if dependents and preset.density_from not in methods:
+    if dependents and preset.density_from not in [a.name for a in arms]:
         raise BenchError(
-            f"{', '.join(dependents)} take their target density from the final density of "
-            f"{preset.density_from!r} (bench.density-from); run it too (--methods) or set "
-            + ", ".join(f"{density_key(m)}" for m in dependents)
+            f"{', '.join(a.name for a in dependents)} take their target density from the final density "
+            f"of {preset.density_from!r} (bench.density-from); run it too (--methods) or set "
+            + ", ".join(f"{density_key(a.method)}" for a in dependents)
         )
     return dependents
 
@@ -732,11 +810,11 @@ def run_bench(
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     overrides = list(overrides)
     shared = shared_setting(preset, overrides)
-    ordered = with_baseline(methods)
-    dependents = density_dependents(preset, ordered, overrides)
-    plans = plan_runs(shared, [m for m in ordered if m not in dependents], report_dir)
+    arms = preset.resolve(with_baseline(methods))
+    dependents = density_dependents(preset, arms, overrides)
+    plans = plan_runs(shared, [a for a in arms if a not in dependents], report_dir)
     # the dependents' configurations are checked now, with their own density for the time being
-    provisional = [method_config(shared, m, report_dir / RUNS_DIR) for m in dependents]
+    provisional = [arm_config(shared, a, report_dir / RUNS_DIR) for a in dependents]
     for config in provisional:
         config.check_simulation()
         preflight(config)
@@ -750,21 +828,28 @@ def run_bench(
     def run_shown(
         config: AppConfig, checkpoint: Checkpoint | None, _progress: RunProgress | None
     ) -> RunSummary:
-        title = f"bench {preset.name}: {config.pruning.method}"
+        title = f"bench {preset.name}: {config.output.name}"
         with RunView(shown, title) as view, flower_log(verbose, view):
             return run(config, checkpoint, view)
 
     def say_reused(plans: Sequence[RunPlan]) -> None:
         for plan in plans:
             if plan.action == "reuse":
-                shown.print(f"bench {preset.name}: {plan.method} reused from {plan.folder}", highlight=False)
+                shown.print(f"bench {preset.name}: {plan.arm} reused from {plan.folder}", highlight=False)
 
-    notes = []
+    notes = [
+        f"Arm `{a.name}`: `{a.method}`"
+        + (f" ({a.description})" if a.description else "")
+        + (", with " + ", ".join(f"`{k} = {v!r}`" for k, v in a.overrides.items()) if a.overrides else "")
+        + "."
+        for a in arms
+        if a.name in preset.arms
+    ]
     say_reused(plans)
     execute(plans, run_shown)
     if dependents:
         density = final_density(report_dir / RUNS_DIR / preset.density_from)
-        keys = {density_key(m): density for m in dependents}
+        keys = {density_key(a.method): density for a in dependents}
         later = plan_runs({**shared, **keys}, dependents, report_dir)
         for plan in later:
             if plan.checkpoint is not None:
@@ -773,14 +858,14 @@ def run_bench(
         execute(later, run_shown)
         plans = [*plans, *later]
         notes.append(
-            f"{', '.join(f'`{m}`' for m in dependents)} pruned to `{preset.density_from}`'s final "
+            f"{', '.join(f'`{a.name}`' for a in dependents)} pruned to `{preset.density_from}`'s final "
             f"density, {density:.4f} (bench.density-from), as PruneFL's paper runs its baselines."
         )
-    order = {method: i for i, method in enumerate(ordered)}
-    plans = sorted(plans, key=lambda plan: order[plan.method])
+    order = {arm.name: i for i, arm in enumerate(arms)}
+    plans = sorted(plans, key=lambda plan: order[plan.arm])
     folders = [plan.folder for plan in plans]
     done = {"reuse": "reused from an earlier call", "resume": "resumed from its checkpoint", "start": "run"}
-    notes.insert(0, "This call: " + "; ".join(f"`{plan.method}` {done[plan.action]}" for plan in plans) + ".")
+    notes.insert(0, "This call: " + "; ".join(f"`{plan.arm}` {done[plan.action]}" for plan in plans) + ".")
     notes.append(
         "The machine may have been shared with other jobs while the runs ran; wall times are indicative "
         "(see the load average)."

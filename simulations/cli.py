@@ -278,14 +278,17 @@ def compare(
 @app.command()
 def bench(
     preset: Annotated[
-        str, typer.Argument(help="A bench preset: quick, lenet5-mnist, prunefl-femnist, or a TOML file.")
+        str,
+        typer.Argument(
+            help="A bench preset: quick, lenet5-mnist, hetero-mnist, prunefl-femnist, or a TOML file."
+        ),
     ] = "quick",
     methods: Annotated[
         str,
         typer.Option(
             "--methods",
             "-m",
-            help="Comma-separated methods (default: the preset's); dense FedAvg always runs.",
+            help="Comma-separated methods or arms of the preset (default: its own); dense FedAvg runs too.",
         ),
     ] = "",
     set_: SetOption = None,
@@ -308,7 +311,7 @@ def bench(
 
     from server.app import RunError
     from server.checkpoint import CheckpointError
-    from simulations.bench import BenchError, check_methods, load_bench_preset, run_bench
+    from simulations.bench import BenchError, load_bench_preset, run_bench
     from simulations.runner import SimulationError
     from simulations.runner import simulate as run
 
@@ -316,7 +319,7 @@ def bench(
     try:
         chosen = load_bench_preset(preset)
         names = [m.strip() for m in methods.split(",") if m.strip()] or list(chosen.methods)
-        check_methods(names)
+        chosen.resolve(names)
         overrides = [parse_override(text) for text in set_ or []]
         report_dir = (output or Path("results") / f"bench-{chosen.name}").expanduser().resolve()
     except ConfigError as exc:

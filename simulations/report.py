@@ -149,6 +149,23 @@ def modelled_times(run: RunRecord, profile: DeviceProfile, layout: ModelLayout) 
     return np.array(times)
 
 
+FLEET = "fleet"  # the modelled column of each run's own recorded round times (its fleet's stragglers)
+
+
+def is_fleet(run: RunRecord) -> bool:
+    """Whether ``run`` modelled a heterogeneous fleet (a profile mix or a round budget)."""
+    return bool(run.config.simulation.profiles) or run.config.fleet.round_budget > 0
+
+
+def recorded_times(run: RunRecord) -> np.ndarray:
+    """The modelled seconds ``run`` recorded for each of its rounds (``modelled_round_time_s``).
+
+    For a fleet, a round's slowest sampled client on its own profile (``server/fleet.py``);
+    with one profile for every node, the same figures :func:`modelled_times` gives under it.
+    """
+    return run.column("modelled_round_time_s")
+
+
 @dataclass(frozen=True)
 class TableRow:
     label: str
@@ -172,10 +189,13 @@ def table_rows(
     """One row per run, and the names of the profiles the modelled columns use.
 
     ``only`` restricts the modelled columns to these profiles (default: every
-    bundled profile with timings for the run's model).
+    bundled profile with timings for the run's model). The column :data:`FLEET`, first
+    when any run is a fleet's (:func:`is_fleet`) and ``only`` is empty or names it, is
+    each run's own recorded round times: every run on the fleet it ran on.
     """
     layouts = {id(run): layout_of(run.config) for run in runs}
-    names: list[str] = []
+    fleet = any(is_fleet(run) for run in runs) and (not only or FLEET in only)
+    names: list[str] = [FLEET] if fleet else []
     per_run_profiles = {}
     for run in runs:
         usable = profiles_for(run.config.model.name, layouts[id(run)])
@@ -193,6 +213,11 @@ def table_rows(
             to_target[profile.name] = float(elapsed[hit]) if hit is not None else math.nan
             total[profile.name] = float(elapsed[-1]) if len(elapsed) else math.nan
             round0[profile.name] = float(elapsed[0]) if len(elapsed) else math.nan
+        if fleet:
+            elapsed = np.cumsum(recorded_times(run))
+            to_target[FLEET] = float(elapsed[hit]) if hit is not None else math.nan
+            total[FLEET] = float(elapsed[-1]) if len(elapsed) else math.nan
+            round0[FLEET] = float(elapsed[0]) if len(elapsed) else math.nan
         accuracy = run.column("accuracy")
         evaluated = accuracy[~np.isnan(accuracy)]
         out.append(
@@ -342,7 +367,9 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
         curves = []
         for run in runs:
             usable = {p.name: p for p in profiles_for(run.config.model.name, layout_of(run.config))}
-            if profile in usable:
+            if profile == FLEET:
+                curves.append((run, np.cumsum(recorded_times(run))))
+            elif profile in usable:
                 curves.append((run, np.cumsum(modelled_times(run, usable[profile], layout_of(run.config)))))
         longest = max((float(elapsed[-1]) for _, elapsed in curves if len(elapsed)), default=0.0)
         unit, scale = ("h", 3600.0) if longest >= 3600 else ("s", 1.0)
@@ -350,8 +377,25 @@ def write_plots(folder: Path, runs: Sequence[RunRecord], target: float, profile:
         for run, elapsed in curves:
             ax.plot(*evaluated(run, elapsed / scale), label=run.label)
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-        xlabel = f"modelled time, {unit} ({profile})"
+        xlabel = f"modelled time, {unit} ({'each run on its own fleet' if profile == FLEET else profile})"
         finish(fig, ax, "accuracy_vs_modelled_time.png", xlabel, "test accuracy")
+
+    fleets = [
+        run for run in runs if is_fleet(run) and run.rows and "modelled_straggler_share" in run.rows[-1]
+    ]
+    if fleets:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for run in fleets:
+            later = run.rounds > 0
+            ax.plot(run.rounds[later], run.column("modelled_straggler_share")[later], label=run.label)
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+        finish(
+            fig,
+            ax,
+            "straggler_share_per_round.png",
+            "round",
+            "straggler's time / mean client's (modelled)",
+        )
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
@@ -486,7 +530,7 @@ def write_report(
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows, profiles = table_rows(runs, target, profiles_only)
-    main_profile = runs[0].config.cost.profile if runs else None
+    main_profile = FLEET if FLEET in profiles else runs[0].config.cost.profile if runs else None
     if main_profile not in profiles:
         main_profile = profiles[0] if profiles else None
     write_table_csv(folder / "table.csv", rows, profiles)
@@ -504,7 +548,14 @@ def write_report(
         "**Modelled**: time, by PruneFL's cost model T = E (t0 + sum_l comp_l |M_l|) + bytes / bandwidth "
         "with the device profile named in the column (re-modelled per round from the measured bytes "
         "and the masks in force); masks were chosen under each run's own profile "
-        f"(`{main_profile}`).",
+        f"(`{runs[0].config.cost.profile if runs else main_profile}`)."
+        + (
+            f" The `{FLEET}` column is each run's own recorded modelled time on the fleet it ran on: a "
+            "round lasts as long as its slowest sampled client, on that client's own profile, with its "
+            "own measured bytes and, under a round budget, its own sub-mask."
+            if FLEET in profiles
+            else ""
+        ),
         "",
         *[section + "\n" for section in after_table],
         *([stragglers + "\n"] if (stragglers := straggler_section(runs)) else []),
@@ -1102,13 +1153,13 @@ def step_times(spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], repeats: 
 
     import torch
 
+    from common.device import cpu_threads
     from common.pruning.channels import structure_for
     from common.pruning.rethinking import load_source
     from common.pruning.shrink import count_parameters, removable_channels, shrink_model
     from simulations.bench_shrink import step_seconds
 
     out = []
-    threads = torch.get_num_threads()
     for label in spec.step_time:
         run = next((r[label] for r in runs.values() if label in r and r[label].complete), None)
         if run is None:
@@ -1128,12 +1179,9 @@ def step_times(spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], repeats: 
         batch = run.config.train.batch_size
         inputs = torch.randn(batch, *shape, generator=generator)
         labels = torch.randint(0, source.num_classes, (batch,), generator=generator)
-        torch.set_num_threads(max(1, run.config.simulation.client_threads))
-        try:
+        with cpu_threads(max(1, run.config.simulation.client_threads)):
             dense_s = step_seconds(model, inputs, labels, repeats, 3)
             small_s = step_seconds(small.model, inputs, labels, repeats, 3)
-        finally:
-            torch.set_num_threads(threads)
         out.append(
             StepTime(
                 label,

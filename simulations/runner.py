@@ -11,6 +11,7 @@ from flwr.simulation import run_simulation
 from client.app import DEVICE_ENV, THREADS_ENV
 from client.app import app as client_app
 from common.config import AppConfig, SimulationSettings
+from common.device import cpu_threads
 from server.app import RunSummary, build_server_app
 from server.checkpoint import Checkpoint
 from server.progress import RunProgress
@@ -55,6 +56,9 @@ def simulate(
     forwarded here (a ClientApp's failure still reaches the server as an error reply,
     which it logs).
     ``client`` replaces the ClientApp (a benchmark's hostile one, :mod:`simulations.hostile`).
+    The ServerApp (initial pruning on the server, test-set evaluation) runs with as
+    many torch threads as one client (``simulation.client-threads``): it shares the
+    machine with them (:func:`common.device.cpu_threads`).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -67,12 +71,13 @@ def simulate(
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
     server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
-    run_simulation(
-        server_app=server_app,
-        client_app=client,
-        num_supernodes=config.simulation.num_clients,
-        backend_config=backend_config(config.simulation, verbose),  # type: ignore[arg-type]
-    )
+    with cpu_threads(config.simulation.client_threads):
+        run_simulation(
+            server_app=server_app,
+            client_app=client,
+            num_supernodes=config.simulation.num_clients,
+            backend_config=backend_config(config.simulation, verbose),  # type: ignore[arg-type]
+        )
     if not summaries:
         raise SimulationError("the simulation ended before the ServerApp finished; see the log above")
     return summaries[0]

@@ -21,6 +21,7 @@ from server.progress import RunProgress
 from server.results import config_toml, read_rounds
 from server.validation import RejectedReply, client_phases
 from simulations.bench import (
+    Arm,
     BenchError,
     BenchPreset,
     method_config,
@@ -313,7 +314,7 @@ def test_bench_runs_reuses_and_resumes_its_runs(tmp_path):
     assert len(read_rounds(tmp_path / "runs" / "prunefl")) == 3
 
     with pytest.raises(BenchError, match="federation.rounds"):
-        plan_runs({**bench_preset(3).overrides}, ["none"], tmp_path)
+        plan_runs({**bench_preset(3).overrides}, [Arm("none", "none")], tmp_path)
 
 
 def test_other_methods_settings_are_dropped(tmp_path):
@@ -471,3 +472,121 @@ def test_the_paper_targets_are_for_the_method_the_paper_table_names():
         read_paper({"method": "snip", "seconds": {"none": {"0.7": 1.0}, "magnitude": {"0.7": 2.0}}}).method
         == "snip"
     )
+
+
+# -- arms: one method under settings of its own -------------------------------------------------
+def test_an_arm_runs_its_method_with_its_own_settings_in_its_own_folder(tmp_path):
+    calls = []
+
+    def runner(config, checkpoint, progress):
+        interval = getattr(config.method, "reconfig_interval", None)
+        calls.append((config.output.name, config.pruning.method, interval))
+        return in_process(config, checkpoint, progress)
+
+    slow = Arm("prunefl-slow", "prunefl", {"pruning.prunefl.reconfig-interval": 5}, "reconfigures later")
+    preset = dataclasses.replace(bench_preset(2), arms={slow.name: slow})
+    report = run_bench(preset, ["prunefl", "prunefl-slow"], [], tmp_path, runner, "fedprune bench tiny")
+    assert calls == [("none", "none", None), ("prunefl", "prunefl", 2), ("prunefl-slow", "prunefl", 5)]
+    slow_config = load_config(tmp_path / "runs" / "prunefl-slow" / "config.toml")
+    assert slow_config.method.reconfig_interval == 5
+    text = report.read_text()
+    assert (
+        "Arm `prunefl-slow`: `prunefl` (reconfigures later), with `pruning.prunefl.reconfig-interval = 5`"
+        in text
+    )
+    assert "| prunefl-slow |" in text
+    # the same data, initialisation and batches: identical until the shared arm reconfigures (round 2)
+    assert (
+        read_rounds(tmp_path / "runs" / "prunefl")[1]["accuracy"]
+        == read_rounds(tmp_path / "runs" / "prunefl-slow")[1]["accuracy"]
+    )
+    calls.clear()
+    run_bench(preset, ["prunefl", "prunefl-slow"], [], tmp_path, runner, "again")
+    assert calls == []  # every arm reused from its own folder
+
+
+@pytest.mark.parametrize(
+    ("arms", "expected"),
+    [
+        ({"fast": {"set": {}}}, "a table with a method"),
+        ({"fast": {"method": "prunefl", "colour": "red"}}, "a table with a method"),
+        ({"none": {"method": "prunefl"}}, "not dense FedAvg's nor another method's"),
+        ({"snip": {"method": "prunefl"}}, "not dense FedAvg's nor another method's"),
+        ({"a/b": {"method": "prunefl"}}, "it names a folder"),
+        ({"fast": {"method": "rethinking"}}, "methods that start from nothing"),
+        ({"fast": {"method": "prunefl", "set": {"output": {"dir": "x"}}}}, "outside pruning.prunefl."),
+        (
+            {"fast": {"method": "prunefl", "set": {"pruning": {"snip": {"target-density": 0.1}}}}},
+            "arms.fast.set",
+        ),
+        ({"fast": {"method": "prunefl", "set": 3}}, "a table of settings"),
+    ],
+)
+def test_bad_arms_are_refused_naming_the_key(arms, expected):
+    from common.settings import ConfigError
+    from simulations.bench import read_arms
+
+    with pytest.raises(ConfigError, match=expected):
+        read_arms(arms)
+
+
+def test_an_unknown_entry_of_methods_names_the_arms_there_are(tmp_path):
+    from common.settings import ConfigError
+
+    preset = dataclasses.replace(bench_preset(2), arms={"fast": Arm("fast", "prunefl")})
+    with pytest.raises(ConfigError, match=r"or the preset's arms \['fast'\]"):
+        preset.resolve(["none", "slow"])
+    with pytest.raises(ConfigError, match="each method once"):
+        preset.resolve(["fast", "fast"])
+
+
+def test_the_hetero_mnist_preset_runs_every_arm_on_one_fleet():
+    from simulations.bench import arm_config, load_bench_preset, shared_setting
+
+    preset = load_bench_preset("hetero-mnist")
+    shared = shared_setting(preset)
+    configs = {a.name: arm_config(shared, a, Path("/tmp/x")) for a in preset.resolve(preset.methods)}
+    assert list(configs) == ["none", "prunefl", "prunefl-budget", "feddst"]
+    assert [c.pruning.method for c in configs.values()] == ["none", "prunefl", "prunefl", "feddst"]
+    for config in configs.values():
+        config.check_simulation()
+        assert (config.model.name, config.data.dataset, config.data.partitioning) == (
+            "lenet5",
+            "mnist",
+            "dirichlet",
+        )
+        assert config.data.alpha == 0.3 and config.simulation.num_clients == 50
+        assert config.federation.clients_per_round == 10
+        assert config.simulation.profile_mix().names() == ["raspberry-pi-4-class", "jetson-orin-nano"]
+    # only the budget arm has a budget; PruneFL without it plans for the server's one profile
+    assert [c.fleet.round_budget for c in configs.values()] == [0.0, 0.0, 9.0, 0.0]
+    assert preset.target == 0.97 and preset.profiles[0] == "fleet"
+
+
+def test_the_fleet_column_sums_each_runs_own_recorded_round_times(tmp_path):
+    from simulations.report import FLEET
+
+    folder = hand_made_run(tmp_path / "prunefl", "prunefl", ["0.1", "0.75", "", "0.9"])
+    plain = load_run(hand_made_run(tmp_path / "none", "none", ["0.1", "0.2", "0.3", "0.8"]))
+    rows, names = table_rows([plain], 0.7, only=[FLEET, "raspberry-pi-4-class"])
+    assert names == ["raspberry-pi-4-class"]  # a one-device run has no fleet column
+    config = (folder / "config.toml").read_text()
+    (folder / "config.toml").write_text(
+        config.replace('profiles = ""', 'profiles = "raspberry-pi-4-class:0.5,jetson-orin-nano:0.5"')
+    )
+    with (folder / "rounds.csv").open(newline="") as f:
+        recorded = list(csv.DictReader(f))
+    for row, seconds in zip(recorded, ["12.5", "20", "30", "40"], strict=True):
+        row["modelled_round_time_s"] = seconds  # the stragglers' times the server recorded
+    write_csv(folder / "rounds.csv", list(recorded[0]), [list(r.values()) for r in recorded])
+    fleet = load_run(folder)
+    rows, names = table_rows([plain, fleet], 0.7, only=[FLEET, "raspberry-pi-4-class"])
+    assert names == [FLEET, "raspberry-pi-4-class"]
+    assert rows[1].modelled_to_target[FLEET] == pytest.approx(12.5 + 20)  # 70% in round 1
+    assert rows[1].modelled_total[FLEET] == pytest.approx(12.5 + 20 + 30 + 40)
+    assert rows[0].modelled_to_target[FLEET] == pytest.approx(12.5)  # its own record: 12.5, 0, 0, 0
+    # the profile columns still re-model each run as one device type
+    assert rows[1].modelled_to_target["raspberry-pi-4-class"] != rows[1].modelled_to_target[FLEET]
+    text = write_report(tmp_path / "report", [plain, fleet], 0.7, "t", "cmd", {}, profiles_only=[FLEET])
+    assert (tmp_path / "report" / "plots" / "accuracy_vs_modelled_time.png").is_file()
+    assert "time to 70%, fleet (modelled)" in text.read_text()

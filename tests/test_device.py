@@ -163,3 +163,15 @@ def test_the_gpu_check_says_it_needs_cuda_and_exits_2(capsys):
 
     assert main(["--data-dir", "unused"]) == 2
     assert "gpu: no CUDA device visible" in capsys.readouterr().out
+
+
+def test_cpu_threads_holds_a_count_for_a_block_and_restores_the_previous_one():
+    from common.device import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        raise RuntimeError("a failing block")
+    assert torch.get_num_threads() == before
