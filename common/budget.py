@@ -10,10 +10,19 @@ on the client's own profile:
 
     T_c(M) = T0_c + sum_l c_{c,l} |M_l|,     c_{c,l} = c_comm + E comp_{c,l}
 
+with c_comm the seconds to move one kept value down and up, half each way (a
+round's model and update messages are of about one size). A client training S
+still receives all of M, so only the upload and the compute shrink with S:
+
+    T_c(S) = T0_c + (c_comm / 2) |M| + sum_l (c_comm / 2 + E comp_{c,l}) |S_l|
+
 and the same fraction s of every layer's kept weights is kept, the largest s
 such that T_c(S) <= B:
 
-    s = min(1, (B - T0_c) / sum_l c_{c,l} |M_l|)          (s = 0 when B <= T0_c)
+    s = min(1, (B - T0_c - (c_comm / 2) |M|) / sum_l (c_comm / 2 + E comp_{c,l}) |M_l|)
+
+(s = 0 when the numerator is not positive: the budget does not even pay for the
+download; the client then trains one weight per layer).
 
 In every prunable layer the ``ceil(s |M_l|)`` kept weights of largest magnitude
 form S (at least one weight of a layer that keeps any: a layer is never cut off,
@@ -43,13 +52,12 @@ BUDGET_KEEP = "fleet.budget-keep"
 
 
 def keep_fraction(cost: CostModel, kept_per_layer: np.ndarray, budget: float) -> float:
-    """s = min(1, (B - T0) / sum_l c_l |M_l|) on ``cost``'s device; 1 without a budget (B = 0)."""
-    if budget <= 0:
+    """s of the module on ``cost``'s device; 1 without a budget (B = 0) or when M fits in it."""
+    if budget <= 0 or cost.round_time(kept_per_layer) <= budget:
         return 1.0
-    variable = float(np.dot(cost.coefficients(), kept_per_layer))
-    if cost.constant + variable <= budget:
-        return 1.0
-    return max(0.0, (budget - cost.constant) / variable)
+    download = cost.comm_per_value / 2 * float(np.sum(kept_per_layer))
+    variable = float(np.dot(cost.coefficients() - cost.comm_per_value / 2, kept_per_layer))
+    return min(1.0, max(0.0, (budget - cost.constant - download) / variable))
 
 
 def kept_counts(kept_per_layer: np.ndarray, fraction: float) -> np.ndarray:
