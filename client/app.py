@@ -40,7 +40,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from common import keys
-from common.budget import BUDGET_KEEP, BUDGET_PARTITIONS, fraction_for, magnitude_submask
+from common.budget import BUDGET_KEEP, BUDGET_PARTITIONS, fraction_for
 from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
 from common.device import resolve_device
@@ -291,15 +291,20 @@ def _method(job: Job, config: ConfigRecord, client_config: dict | None = None) -
     return method_class(method_class.Settings.from_flat({**config, **(client_config or {})}), env)
 
 
-def budget_mask(job: Job, config: ConfigRecord, received: Received) -> np.ndarray | None:
-    """The sub-mask this node trains under the round's budget (common/budget.py), None without one."""
+def budget_mask(
+    config: ConfigRecord, partition_id: int, method: PruningMethod, received: Received
+) -> np.ndarray | None:
+    """The sub-mask this node trains under the round's budget (common/budget.py), None without one.
+
+    The method chooses it (:meth:`~common.pruning.PruningMethod.budget_submask`).
+    """
     try:
-        fraction = fraction_for(dict(config), job.partition_id)
+        fraction = fraction_for(dict(config), partition_id)
     except ValueError as exc:
         raise BadMessage(str(exc)) from exc
     if fraction is None:
         return None
-    return magnitude_submask(job.layout, received.floats, received.mask, fraction)
+    return method.budget_submask(received.floats, received.mask, fraction)
 
 
 @app.train()
@@ -315,8 +320,9 @@ def train(message: Message, context: Context) -> RecordDict:
     config = message.content.config_records[keys.CONFIG]
     client_config = method_config(config)
     seed = _batch_seed(spec, job.partition_id)
-    hooks = _method(job, config, client_config).training_hooks(client_config, seed + 1)
-    trained_mask = budget_mask(job, config, received)
+    method = _method(job, config, client_config)
+    hooks = method.training_hooks(client_config, seed + 1)
+    trained_mask = budget_mask(config, job.partition_id, method, received)
     result = hooks.train(
         job.model,
         layout,

@@ -24,13 +24,18 @@ such that T_c(S) <= B:
 (s = 0 when the numerator is not positive: the budget does not even pay for the
 download; the client then trains one weight per layer).
 
-In every prunable layer the ``ceil(s |M_l|)`` kept weights of largest magnitude
-form S (at least one weight of a layer that keeps any: a layer is never cut off,
-so the sub-model still computes); positions outside the prunable layers (biases,
-BatchNorm) are always in S. Magnitude is the unstructured choice (HeteroFL's
-leading channels are the structured one, not implemented here); FedRolex (Alam et
-al., NeurIPS 2022) would roll the window over rounds instead, which magnitude does
-not need: the kept set follows the weights.
+The method chooses S (:meth:`common.pruning.PruningMethod.budget_submask`). For
+unstructured masks, in every prunable layer the ``ceil(s |M_l|)`` kept weights of
+largest magnitude form S (at least one weight of a layer that keeps any: a layer is
+never cut off, so the sub-model still computes); positions outside the prunable
+layers (biases, BatchNorm) are always in S. For channel masks (the structured
+methods) S keeps HeteroFL's *leading channels*: of every channel group's kept
+channels the first ``ceil(r k_g)``, with their coupled weights (the consumers' input
+columns too), so S is a channel mask of a narrower model; its size is not linear in
+r (a convolution between two narrowed groups keeps about r^2 of its weights), so r is
+the largest width ratio with T_c(S(r)) <= B, found by bisection (:func:`fit_fraction`).
+FedRolex (Alam et al., NeurIPS 2022) would roll the window over rounds instead,
+which magnitude does not need: the kept set follows the weights.
 
 The server averages each position over the clients that trained it
 (:func:`server.aggregation.per_position_fedavg`). Only the upload shrinks: the
@@ -40,6 +45,7 @@ client still receives the global model's kept values (down bytes are those of M)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,6 +64,39 @@ def keep_fraction(cost: CostModel, kept_per_layer: np.ndarray, budget: float) ->
     download = cost.comm_per_value / 2 * float(np.sum(kept_per_layer))
     variable = float(np.dot(cost.coefficients() - cost.comm_per_value / 2, kept_per_layer))
     return min(1.0, max(0.0, (budget - cost.constant - download) / variable))
+
+
+def submask_time(cost: CostModel, kept_per_layer: np.ndarray, sub_per_layer: np.ndarray) -> float:
+    """T_c(S) = T0 + (c_comm / 2) |M| + sum_l (c_comm / 2 + E comp_l) |S_l| (see the module)."""
+    half = cost.comm_per_value / 2
+    variable = float(np.dot(cost.coefficients() - half, sub_per_layer))
+    return cost.constant + half * float(np.sum(kept_per_layer)) + variable
+
+
+def fit_fraction(
+    cost: CostModel,
+    kept_per_layer: np.ndarray,
+    sub_per_layer: Callable[[float], np.ndarray],
+    budget: float,
+    steps: int = 40,
+) -> float:
+    """The largest r in [0, 1] with T_c(S(r)) <= B, S(r) of ``sub_per_layer(r)`` kept weights per layer.
+
+    T_c(S(r)) is non-decreasing in r, so bisection finds it (to 2^-steps); 1 without a
+    budget or when M fits in it, 0 when even S(0) does not.
+    """
+    if budget <= 0 or cost.round_time(kept_per_layer) <= budget:
+        return 1.0
+    if submask_time(cost, kept_per_layer, sub_per_layer(0.0)) > budget:
+        return 0.0
+    low, high = 0.0, 1.0  # T(S(low)) <= B < T(S(high))
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if submask_time(cost, kept_per_layer, sub_per_layer(middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def kept_counts(kept_per_layer: np.ndarray, fraction: float) -> np.ndarray:

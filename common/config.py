@@ -24,7 +24,6 @@ from .device import DEVICE_SPECS, check_device_spec
 from .models import MODELS
 from .profile_mix import ProfileMix, ProfileMixError
 from .pruning import METHODS, MethodSettings, PruningMethod
-from .pruning.structured import StructuredPruning
 from .settings import ConfigError, Scalar, Section, flatten, reject_unknown_keys
 from .wire import WireFormat
 
@@ -381,18 +380,7 @@ class AppConfig:
         )
         config.check_other_methods(flat)
         config.check_evaluation()
-        config.check_fleet()
         return config
-
-    def check_fleet(self) -> None:
-        """A round budget needs unstructured masks (common/budget.py chooses sub-masks by magnitude)."""
-        if self.fleet.round_budget > 0 and issubclass(self.method_class, StructuredPruning):
-            raise ConfigError(
-                "fleet.round-budget",
-                self.fleet.round_budget,
-                f"0 with pruning.method = {self.pruning.method!r}: sub-masks of channel masks "
-                "(HeteroFL's leading channels) are not implemented; budgets need an unstructured method",
-            )
 
     def check_other_methods(self, flat: Mapping[str, object]) -> None:
         """A method's setting given while another method is selected is an error.

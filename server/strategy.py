@@ -38,7 +38,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from common import keys
-from common.budget import budget_entries, keep_fraction, kept_counts
+from common.budget import budget_entries
 from common.config import AppConfig
 from common.pruning import ClientReport, PruningMethod, RoundPlan, RoundUpdate
 from common.pruning.base import ConfigValue
@@ -241,14 +241,19 @@ class PruningFedAvg(Strategy):
         budget = self.config.fleet.round_budget
         if budget <= 0 or self.plan.client_masks:
             return {}
-        kept = self.model.kept_per_layer()
-        fractions = {}
+        mask, fractions = self.model.mask, {}
+        by_profile: dict[str, tuple[float, np.ndarray]] = {}  # one fit per device profile a round
         for node in sampled:
-            cost = self.fleet.cost_of(node).with_bytes_per_value(self.cost.bytes_per_value)
-            fraction = keep_fraction(cost, kept, budget)
+            profile = self.fleet.profile_of(node)
+            if profile not in by_profile:
+                cost = self.fleet.cost_of(node).with_bytes_per_value(self.cost.bytes_per_value)
+                fraction = self.method.budget_fraction(cost, mask, budget)
+                counts = self.method.budget_counts(mask, fraction) if fraction < 1 else np.empty(0)
+                by_profile[profile] = (fraction, counts)
+            fraction, counts = by_profile[profile]
             if fraction < 1:
                 fractions[node.partition_id] = fraction
-                self.budgeted[node.node_id] = kept_counts(kept, fraction)
+                self.budgeted[node.node_id] = counts
         return fractions
 
     def _check_submask(self, node: NodeInfo, client_mask: np.ndarray) -> None:

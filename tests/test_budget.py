@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 
 from client.app import app as client_app
-from common.budget import budget_entries, fraction_for, keep_fraction, kept_counts, magnitude_submask
+from common.budget import (
+    budget_entries,
+    fit_fraction,
+    fraction_for,
+    keep_fraction,
+    kept_counts,
+    magnitude_submask,
+    submask_time,
+)
 from common.config import load_config
 from common.cost_model import CostModel
 from common.layout import ModelLayout
 from common.models import build_model
-from common.settings import ConfigError
+from common.pruning.channels import structure_for
+from common.pruning.structured import leading_channels
 from server.aggregation import per_position_fedavg
 from server.app import run_federation
 from server.strategy import PruningFedAvg
@@ -86,9 +95,46 @@ def test_the_budget_entries_round_trip_and_are_checked():
         fraction_for({"fleet.budget-partitions": [1], "fleet.budget-keep": [1.5]}, 1)
 
 
-def test_a_budget_with_a_structured_method_is_refused():
-    with pytest.raises(ConfigError, match="fleet.round-budget.*l1-filter.*not implemented"):
-        load_config(None, ["fleet.round-budget=2.0", "pruning.method=l1-filter"])
+def test_the_width_ratio_is_the_largest_that_fits_the_budget():
+    """The cost of the first test; S(r) = (100 r^2, 50 r) kept weights (a layer between two
+    narrowed groups, one after one). T(S(r)) = 1.6 + 0.006 x 100 r^2 + 0.004 x 50 r; at
+    B = 1.8: 0.6 r^2 + 0.2 r - 0.2 = 0, r = (-0.2 + sqrt(0.52)) / 1.2 = 0.43426..."""
+    cost = CostModel(2, 0.5, np.array([1e-3, 0.0]), bandwidth=1000.0, bytes_per_value=8.0)
+    kept = np.array([100, 50])
+
+    def sub(r: float) -> np.ndarray:
+        return np.array([100 * r * r, 50 * r])
+
+    assert fit_fraction(cost, kept, sub, 1.8) == pytest.approx((-0.2 + np.sqrt(0.52)) / 1.2, abs=1e-9)
+    assert submask_time(cost, kept, kept) == pytest.approx(cost.round_time(kept))
+    assert fit_fraction(cost, kept, sub, 2.4) == 1.0 and fit_fraction(cost, kept, sub, 0.0) == 1.0
+    assert fit_fraction(cost, kept, sub, 1.5) == 0.0  # not even the download of M fits
+
+
+def test_leading_channels_keep_the_first_kept_channels_of_every_group_with_their_inputs():
+    """digits-CNN: conv1 (16 channels) -> conv2 (32) -> fc1 (64) -> fc2 (output, never narrowed)."""
+    structure = structure_for("digits-cnn", 10, (1, 8, 8))
+    layout = ModelLayout.from_model(build_model("digits-cnn", 10, (1, 8, 8)))
+    sizes = {g.root: g.channels for g in structure.groups}
+    assert sizes == {"conv1": 16, "conv2": 32, "fc1": 64}
+    # a mask that already removed channels 0 and 1 of conv1
+    keep = [np.arange(g.channels) >= (2 if g.root == "conv1" else 0) for g in structure.groups]
+    mask = structure.channel_mask(keep, layout.full_mask())
+    sub = leading_channels(structure, mask, 0.5)
+    assert not np.any(sub & ~mask) and structure.is_channel_mask(sub, layout)
+    left = {
+        g.root: np.flatnonzero(~gone).tolist()
+        for g, gone in zip(structure.groups, structure.removed(sub), strict=True)
+    }
+    # conv1 keeps 14 channels (2..15): the first ceil(0.5 x 14) = 7 of them, channels 2..8
+    assert left == {"conv1": list(range(2, 9)), "conv2": list(range(16)), "fc1": list(range(32))}
+    # conv2 keeps 7 of 16 input channels x 16 of 32 filters: 7/16 x 1/2 of its weights
+    kept = dict(zip([t.name for t in layout.prunable], layout.kept_per_layer(sub).tolist(), strict=True))
+    conv2 = next(t for t in layout.prunable if t.name == "conv2.weight")
+    assert kept["conv2.weight"] == conv2.size * 7 * 16 // (16 * 32)
+    assert np.array_equal(leading_channels(structure, mask, 1.0), mask)
+    tiny = structure.removed(leading_channels(structure, mask, 0.0))
+    assert [int((~gone).sum()) for gone in tiny] == [1, 1, 1]  # a group is never cut off
 
 
 def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_them(tmp_path, monkeypatch):
@@ -129,3 +175,44 @@ def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_t
     assert all(r["straggler_profile"] in (PI, SANDBOX) for r in rows[1:])
     section = straggler_section([load_run(Path(tmp_path) / "run")])
     assert section is not None and "| 1.9 s |" in section and "Stragglers (modelled)" in section
+
+
+def test_a_structured_method_budgets_clients_to_leading_channels(tmp_path, monkeypatch):
+    """L1-norm filter pruning (a channel mask of density 0.26 on the digits CNN), partitions
+    0 and 1 on the Pi profile, 2 on the sandbox, a 1.7 s budget (the Pi's round models to
+    1.707 s unbudgeted): each Pi client trains the leading channels of the global mask, a
+    channel mask itself, and the round fits the budget; no reply is rejected."""
+    seen: list[list[bool]] = []
+    original = PruningFedAvg._aggregate
+
+    def spy(self, server_round, accepted):
+        structure, mask = self.method.structure, self.model.mask
+        seen.append([r.mask is not None for r in accepted])
+        for r in accepted:
+            if r.mask is not None:
+                assert structure.is_channel_mask(r.mask, self.model.layout)
+                counts = next(iter(self.budgeted.values()))  # both Pi clients: one profile, one fit
+                assert np.array_equal(self.model.layout.kept_per_layer(r.mask), counts)
+                assert r.mask.sum() < mask.sum() and not np.any(r.mask & ~mask)
+        return original(self, server_round, accepted)
+
+    monkeypatch.setattr(PruningFedAvg, "_aggregate", spy)
+    config = load_config(
+        None,
+        [
+            f"output.dir={tmp_path}",
+            "output.name=run",
+            "simulation.num-clients=3",
+            "federation.rounds=2",
+            "pruning.method=l1-filter",
+            f"cost.profile={PI}",
+            f"simulation.profiles={PI},{PI},{SANDBOX}",
+            "fleet.round-budget=1.7",
+        ],
+    )
+    run_federation(InProcessGrid(client_app, 3), config)
+    assert seen == [[True, True, False], [True, True, False]]
+    with (Path(tmp_path) / "run" / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["rejected"]) for r in rows[1:]] == [0, 0]
+    assert all(float(r["modelled_round_time_s"]) <= 1.7 for r in rows[1:])

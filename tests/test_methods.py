@@ -214,3 +214,23 @@ def test_local_training_leaves_pruned_weights_zero(runs, case):
         outside = ~(mask if reported is None else reported)
         assert np.all(after[outside] == 0), f"round {server_round}: weights outside the mask moved"
         assert np.all(np.isfinite(after))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_budget_sub_mask_lies_in_the_mask_with_the_counts_the_server_expects(runs, case):
+    """Per-client round budgets (common/budget.py): the sub-mask a client trains is inside the
+    global mask, keeps what the server will check (budget_counts), and keeps all at 1."""
+    _, config = runs[case]
+    method = _server_method(config)
+    layout = method.env.layout
+    floats = np.random.default_rng(0).standard_normal(layout.num_floats).astype(np.float32)
+    mask = layout.full_mask()
+    mask[layout.prunable_positions] = np.random.default_rng(1).random(layout.num_prunable) < 0.7
+    if hasattr(method, "structure"):  # a structured method's masks are channel masks
+        mask = method.budget_submask(floats, layout.full_mask(), 0.7)
+    for fraction in (0.0, 0.4, 0.99):
+        sub = method.budget_submask(floats, mask, fraction)
+        assert not np.any(sub & ~mask)
+        assert np.array_equal(layout.kept_per_layer(sub), method.budget_counts(mask, fraction))
+        assert np.all(layout.kept_per_layer(sub)[layout.kept_per_layer(mask) > 0] >= 1)
+    assert np.array_equal(method.budget_submask(floats, mask, 1.0), mask)

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..budget import keep_fraction, kept_counts, magnitude_submask
 from ..cost_model import CostModel
 from ..layout import ModelLayout
 from ..settings import Scalar, Section
@@ -339,6 +340,22 @@ class PruningMethod(ABC):
             raise ValueError(f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
     # -- client side ---------------------------------------------------------------
+    # -- per-client round budgets (common/budget.py) ----------------------------------------
+    def budget_fraction(self, cost: CostModel, mask: np.ndarray, budget: float) -> float:
+        """The fraction s of ``mask`` a client on ``cost``'s device can afford in ``budget`` seconds.
+
+        Unstructured: s = (B - T0 - (c_comm / 2) |M|) / sum_l (c_comm / 2 + E comp_l) |M_l|.
+        """
+        return keep_fraction(cost, self.env.layout.kept_per_layer(mask), budget)
+
+    def budget_counts(self, mask: np.ndarray, fraction: float) -> np.ndarray:
+        """Kept weights per prunable layer of the sub-mask at ``fraction`` (what a client must send)."""
+        return kept_counts(self.env.layout.kept_per_layer(mask), fraction)
+
+    def budget_submask(self, floats: np.ndarray, mask: np.ndarray, fraction: float) -> np.ndarray:
+        """The sub-mask S a budgeted client trains: per layer the largest-magnitude kept weights."""
+        return magnitude_submask(self.env.layout, floats, mask, fraction)
+
     def training_hooks(self, client_config: Mapping[str, ConfigValue], seed: int = 0) -> TrainingHooks:
         """Client-side hooks for one round of local training; ``seed`` is this client's, this round's."""
         return TrainingHooks()
