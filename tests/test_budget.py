@@ -137,6 +137,26 @@ def test_leading_channels_keep_the_first_kept_channels_of_every_group_with_their
     assert [int((~gone).sum()) for gone in tiny] == [1, 1, 1]  # a group is never cut off
 
 
+def budgeted_run(tmp_path: Path, method: str, budget: float, more: list[str] | None = None) -> list[dict]:
+    """Two in-process rounds of ``method``, partitions 0 and 1 on the Pi, 2 on the sandbox; rounds.csv."""
+    config = load_config(
+        None,
+        [
+            f"output.dir={tmp_path}",
+            "output.name=run",
+            "simulation.num-clients=3",
+            "federation.rounds=2",
+            f"pruning.method={method}",
+            f"simulation.profiles={PI},{PI},{SANDBOX}",
+            f"fleet.round-budget={budget}",
+            *(more or []),
+        ],
+    )
+    run_federation(InProcessGrid(client_app, 3), config)
+    with (tmp_path / "run" / "rounds.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_them(tmp_path, monkeypatch):
     """Dense FedAvg, partitions 0 and 1 on the Pi profile, 2 on the sandbox, a 1.9 s budget:
     a dense digits-CNN round models to about 2.1 s on the Pi, so its clients train sub-masks
@@ -153,22 +173,8 @@ def test_pi_clients_train_sub_masks_within_the_budget_and_the_round_aggregates_t
         return original(self, server_round, accepted)
 
     monkeypatch.setattr(PruningFedAvg, "_aggregate", spy)
-    config = load_config(
-        None,
-        [
-            f"output.dir={tmp_path}",
-            "output.name=run",
-            "simulation.num-clients=3",
-            "federation.rounds=2",
-            "pruning.method=none",
-            f"simulation.profiles={PI},{PI},{SANDBOX}",
-            "fleet.round-budget=1.9",
-        ],
-    )
-    run_federation(InProcessGrid(client_app, 3), config)
+    rows = budgeted_run(tmp_path, "none", 1.9)
     assert seen == [[True, True, False], [True, True, False]]
-    with (Path(tmp_path) / "run" / "rounds.csv").open() as f:
-        rows = list(csv.DictReader(f))
     assert [int(r["rejected"]) for r in rows[1:]] == [0, 0]
     # within 1% of the budget (the download of M is counted whole; ceil per layer, mask bits)
     assert all(float(r["modelled_round_time_s"]) <= 1.9 * 1.01 for r in rows[1:])
@@ -197,22 +203,7 @@ def test_a_structured_method_budgets_clients_to_leading_channels(tmp_path, monke
         return original(self, server_round, accepted)
 
     monkeypatch.setattr(PruningFedAvg, "_aggregate", spy)
-    config = load_config(
-        None,
-        [
-            f"output.dir={tmp_path}",
-            "output.name=run",
-            "simulation.num-clients=3",
-            "federation.rounds=2",
-            "pruning.method=l1-filter",
-            f"cost.profile={PI}",
-            f"simulation.profiles={PI},{PI},{SANDBOX}",
-            "fleet.round-budget=1.7",
-        ],
-    )
-    run_federation(InProcessGrid(client_app, 3), config)
+    rows = budgeted_run(tmp_path, "l1-filter", 1.7, [f"cost.profile={PI}"])
     assert seen == [[True, True, False], [True, True, False]]
-    with (Path(tmp_path) / "run" / "rounds.csv").open() as f:
-        rows = list(csv.DictReader(f))
     assert [int(r["rejected"]) for r in rows[1:]] == [0, 0]
     assert all(float(r["modelled_round_time_s"]) <= 1.7 for r in rows[1:])
