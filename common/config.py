@@ -45,6 +45,10 @@ class FederationSettings(Section):
     # simulation's nodes when first sampled if it samples clients-per-round, "all" every
     # node before round 1 (a deployment always does)
     describe: Literal["auto", "all"] = "auto"
+    # torch CPU threads of the ServerApp's own work (initial pruning on the server, the
+    # test-set evaluation); 0 = as many as one client in `fedprune simulate` (the server
+    # shares the machine with its clients), torch's default in a deployment
+    server_threads: int = 0
     # robustness against hostile clients (docs/robustness.md)
     aggregation: Literal["mean", "clip", "trimmed-mean", "median"] = "mean"
     clip_factor: float = 2.0  # clip: updates clipped to this multiple of the round's median update norm
@@ -62,6 +66,7 @@ class FederationSettings(Section):
         self.require("seed", self.seed >= 0, "an integer >= 0")
         self.require("round_timeout", self.round_timeout > 0, "a number of seconds > 0")
         self.require("connect_timeout", self.connect_timeout > 0, "a number of seconds > 0")
+        self.require("server_threads", self.server_threads >= 0, "an integer >= 0 (0 = see the docs)")
         self.require("clip_factor", self.clip_factor > 0, "a multiple of the median update norm > 0")
         self.require("trim_fraction", 0 <= self.trim_fraction < 0.5, "a fraction in [0, 0.5)")
         self.require("outlier_factor", self.outlier_factor > 0, "a multiple of the model's norm > 0")

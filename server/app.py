@@ -7,6 +7,7 @@ binds an already validated configuration instead (``fedprune simulate``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,7 +30,7 @@ from flwr.superlink.grid import InMemoryGrid
 from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel
 from common.data import DATASETS, load_dataset
-from common.device import cuda_available, resolve_device
+from common.device import cpu_threads, cuda_available, resolve_device
 from common.layout import ModelLayout
 from common.models import build_model
 from common.pruning import MethodEnv
@@ -458,7 +459,9 @@ def build_server_app(
         poll_replies_promptly(grid)
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
-            summary = run_federation(grid, resolved, resume, progress)
+            threads = resolved.federation.server_threads
+            with cpu_threads(threads) if threads else contextlib.nullcontext():
+                summary = run_federation(grid, resolved, resume, progress)
             if on_finish is not None:
                 on_finish(summary)
             else:

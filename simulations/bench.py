@@ -337,12 +337,21 @@ def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> App
 
 
 def config_difference(folder: Path, config: AppConfig) -> str | None:
-    """None if ``folder``'s run has ``config`` (its place aside); else the first key that differs."""
+    """None if ``folder``'s run has ``config`` (its place aside); else the first key that differs.
+
+    A key the saved run predates (absent from its ``config.toml``: a setting added to
+    fedprune since) is no difference while it is at its default now: settings are added
+    with defaults that keep what fedprune did before them.
+    """
     saved = read_preset(folder / CONFIG_FILE)
     current = config.to_flat()
+    defaults = AppConfig.from_flat({"pruning.method": config.pruning.method}).to_flat()
     for key in sorted(set(saved) | set(current)):
-        if key not in RELOCATABLE_KEYS and saved.get(key) != current.get(key):
-            return f"{key} = {saved.get(key)!r} there, {current.get(key)!r} now"
+        if key in RELOCATABLE_KEYS or saved.get(key) == current.get(key):
+            continue
+        if key not in saved and key in defaults and current[key] == defaults[key]:
+            continue
+        return f"{key} = {saved.get(key)!r} there, {current.get(key)!r} now"
     return None
 
 

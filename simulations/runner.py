@@ -56,9 +56,10 @@ def simulate(
     forwarded here (a ClientApp's failure still reaches the server as an error reply,
     which it logs).
     ``client`` replaces the ClientApp (a benchmark's hostile one, :mod:`simulations.hostile`).
-    The ServerApp (initial pruning on the server, test-set evaluation) runs with as
-    many torch threads as one client (``simulation.client-threads``): it shares the
-    machine with them (:func:`common.device.cpu_threads`).
+    The ServerApp (initial pruning on the server, test-set evaluation) runs with
+    ``federation.server-threads`` torch threads, by default as many as one client
+    (``simulation.client-threads``): it shares the machine with them
+    (:func:`common.device.cpu_threads`).
 
     ``run_simulation`` (Flower's in-process entry point to the simulation engine)
     is used rather than ``flwr run`` so that the resolved configuration, presets and
@@ -71,7 +72,7 @@ def simulate(
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     summaries: list[RunSummary] = []
     server_app = build_server_app(config, on_finish=summaries.append, resume=resume, progress=progress)
-    with cpu_threads(config.simulation.client_threads):
+    with cpu_threads(config.federation.server_threads or config.simulation.client_threads):
         run_simulation(
             server_app=server_app,
             client_app=client,

@@ -590,3 +590,38 @@ def test_the_fleet_column_sums_each_runs_own_recorded_round_times(tmp_path):
     text = write_report(tmp_path / "report", [plain, fleet], 0.7, "t", "cmd", {}, profiles_only=[FLEET])
     assert (tmp_path / "report" / "plots" / "accuracy_vs_modelled_time.png").is_file()
     assert "time to 70%, fleet (modelled)" in text.read_text()
+
+
+def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_is_at_its_default(tmp_path):
+    from simulations.bench import config_difference
+
+    shared = bench_preset(2).overrides
+    config = method_config(shared, "prunefl", tmp_path)
+    older = {k: v for k, v in config.to_flat().items() if k != "federation.server-threads"}
+    (tmp_path / "config.toml").write_text(config_toml(older))
+    assert config_difference(tmp_path, config) is None
+    changed = method_config({**shared, "federation.server-threads": 2}, "prunefl", tmp_path)
+    assert config_difference(tmp_path, changed) == "federation.server-threads = None there, 2 now"
+    other = method_config({**shared, "train.lr": 0.2}, "prunefl", tmp_path)
+    assert "train.lr" in str(config_difference(tmp_path, other))
+
+
+def test_the_server_threads_setting_holds_for_the_server_and_not_beyond(monkeypatch):
+    """fedprune simulate runs the ServerApp with federation.server-threads torch threads (0: a
+    client's), and the caller's own count is back afterwards."""
+    import torch
+
+    import simulations.runner as runner
+
+    seen = []
+
+    def fake_simulation(**kwargs):
+        seen.append(torch.get_num_threads())
+
+    monkeypatch.setattr(runner, "run_simulation", fake_simulation)
+    before = torch.get_num_threads()
+    for threads, expected in ((0, 1), (2, 2)):
+        config = load_config(None, [f"federation.server-threads={threads}"])
+        with pytest.raises(runner.SimulationError):
+            runner.simulate(config)
+        assert seen[-1] == expected and torch.get_num_threads() == before
