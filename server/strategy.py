@@ -213,7 +213,7 @@ class PruningFedAvg(Strategy):
         sampled = self.nodes.sample(server_round, fed.clients_per_round, fed.seed)
         self.plan = self.method.round_plan(server_round)
         self.sent = {node.node_id: node for node in sampled}
-        budgets = self._budgets(sampled)
+        budgets = self._budgets(server_round, sampled)
         self.row.clients = len(sampled)
         self.sent_values = self.model.kept_values()
         self.model_norm = float(np.linalg.norm(self.sent_values.astype(np.float64)))
@@ -231,23 +231,28 @@ class PruningFedAvg(Strategy):
         )
         return messages
 
-    def _budgets(self, sampled: list[NodeInfo]) -> dict[int, float]:
+    def _budgets(self, server_round: int, sampled: list[NodeInfo]) -> dict[int, float]:
         """Keep fractions of the sampled clients that cannot afford the global mask (by partition).
 
         ``fleet.round-budget`` (:mod:`common.budget`); none in a round whose clients choose
         their own masks. Fills ``budgeted`` with the kept weights each such client trains.
+        What a client moves besides its values (mask, a method's statistic such as
+        PruneFL's importance, the config) does not shrink with its sub-mask: its time over
+        the client's own link, at the previous round's measured bytes per message, comes
+        off the budget first (:meth:`_fixed_bytes`).
         """
         self.budgeted = {}
         budget = self.config.fleet.round_budget
         if budget <= 0 or self.plan.client_masks:
             return {}
-        mask, fractions = self.model.mask, {}
+        mask, fractions, fixed = self.model.mask, {}, self._fixed_bytes(server_round - 1)
         by_profile: dict[str, tuple[float, np.ndarray]] = {}  # one fit per device profile a round
         for node in sampled:
             profile = self.fleet.profile_of(node)
             if profile not in by_profile:
                 cost = self.fleet.cost_of(node).with_bytes_per_value(self.cost.bytes_per_value)
-                fraction = self.method.budget_fraction(cost, mask, budget)
+                available = budget - cost.transfer_time(fixed)
+                fraction = self.method.budget_fraction(cost, mask, available) if available > 0 else 0.0
                 counts = self.method.budget_counts(mask, fraction) if fraction < 1 else np.empty(0)
                 by_profile[profile] = (fraction, counts)
             fraction, counts = by_profile[profile]
@@ -255,6 +260,17 @@ class PruningFedAvg(Strategy):
                 fractions[node.partition_id] = fraction
                 self.budgeted[node.node_id] = counts
         return fractions
+
+    def _fixed_bytes(self, server_round: int) -> float:
+        """Bytes per client of ``server_round`` besides the values, down and up (0 before any round)."""
+        traffic = self.comm.rounds.get(server_round)
+        if server_round < 1 or traffic is None:
+            return 0.0
+        return sum(
+            (t.measured.total - t.measured.values) / t.messages
+            for t in (traffic.down, traffic.up)
+            if t.messages
+        )
 
     def _check_submask(self, node: NodeInfo, client_mask: np.ndarray) -> None:
         """A budgeted client's mask: inside the global mask, with the kept weights per layer it was told.
