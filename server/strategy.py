@@ -236,8 +236,8 @@ class PruningFedAvg(Strategy):
 
         ``fleet.round-budget`` (:mod:`common.budget`); none in a round whose clients choose
         their own masks. Fills ``budgeted`` with the kept weights each such client trains.
-        What a client moves besides its values (mask, a method's statistic such as
-        PruneFL's importance, the config) does not shrink with its sub-mask: its time over
+        What a client moves besides its values (the mask, a method's statistic, the
+        config) does not shrink with its sub-mask: its time over
         the client's own link, at the previous round's measured bytes per message, comes
         off the budget first (:meth:`_fixed_bytes`).
         """
