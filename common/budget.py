@@ -61,9 +61,9 @@ def keep_fraction(cost: CostModel, kept_per_layer: np.ndarray, budget: float) ->
     """s of the module on ``cost``'s device; 1 without a budget (B = 0) or when M fits in it."""
     if budget <= 0 or cost.round_time(kept_per_layer) <= budget:
         return 1.0
-    download = cost.comm_per_value / 2 * float(np.sum(kept_per_layer))
-    variable = float(np.dot(cost.coefficients() - cost.comm_per_value / 2, kept_per_layer))
-    return min(1.0, max(0.0, (budget - cost.constant - download) / variable))
+    fixed = submask_time(cost, kept_per_layer, np.zeros_like(kept_per_layer))  # T0 + the download
+    variable = submask_time(cost, kept_per_layer, kept_per_layer) - fixed  # linear in S
+    return min(1.0, max(0.0, (budget - fixed) / variable))
 
 
 def submask_time(cost: CostModel, kept_per_layer: np.ndarray, sub_per_layer: np.ndarray) -> float:

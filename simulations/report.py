@@ -208,16 +208,14 @@ def table_rows(
         hit = first_reaching(run, target)
         cumulative = run.cumulative_bytes()
         to_target, total, round0 = {}, {}, {}
+        times = {FLEET: recorded_times(run)} if fleet else {}
         for profile in per_run_profiles[id(run)]:
-            elapsed = np.cumsum(modelled_times(run, profile, layouts[id(run)]))
-            to_target[profile.name] = float(elapsed[hit]) if hit is not None else math.nan
-            total[profile.name] = float(elapsed[-1]) if len(elapsed) else math.nan
-            round0[profile.name] = float(elapsed[0]) if len(elapsed) else math.nan
-        if fleet:
-            elapsed = np.cumsum(recorded_times(run))
-            to_target[FLEET] = float(elapsed[hit]) if hit is not None else math.nan
-            total[FLEET] = float(elapsed[-1]) if len(elapsed) else math.nan
-            round0[FLEET] = float(elapsed[0]) if len(elapsed) else math.nan
+            times[profile.name] = modelled_times(run, profile, layouts[id(run)])
+        for name, seconds in times.items():
+            elapsed = np.cumsum(seconds)
+            to_target[name] = float(elapsed[hit]) if hit is not None else math.nan
+            total[name] = float(elapsed[-1]) if len(elapsed) else math.nan
+            round0[name] = float(elapsed[0]) if len(elapsed) else math.nan
         accuracy = run.column("accuracy")
         evaluated = accuracy[~np.isnan(accuracy)]
         out.append(
