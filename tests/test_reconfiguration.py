@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from common.layout import ModelLayout
-from common.pruning.reconfiguration import protected_core, reconfigure_mask, removal_cap
+from common.pruning import reconfiguration
+from common.pruning.reconfiguration import protected_core, ranked_head, reconfigure_mask, removal_cap
 from tests.conftest import TinyNet
 
 
@@ -72,8 +73,11 @@ def test_hand_computed_reconfiguration():
     assert np.array_equal(new, expected)
 
 
+@pytest.mark.parametrize("head_start", [1, 2, 5, reconfiguration.HEAD_START])
 @pytest.mark.parametrize("seed", range(5))
-def test_vectorised_greedy_equals_heap(seed):
+def test_vectorised_greedy_equals_heap(seed, head_start, monkeypatch):
+    # head_start 1, 2, 5: the ranked head is widened (4x) several times before the stop
+    monkeypatch.setattr(reconfiguration, "HEAD_START", head_start)
     rng = np.random.default_rng(seed)
     layout = ModelLayout.from_model(TinyNet())
     weights = rng.normal(size=layout.num_floats).astype(np.float32)
@@ -85,6 +89,30 @@ def test_vectorised_greedy_equals_heap(seed):
     ours = reconfigure_mask(weights, mask, importance, layout, coefficients, 2.0, dtp)
     theirs = heap_reference(weights, mask, importance, layout, coefficients, 2.0, dtp)
     assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("head_start", [1, 3, reconfiguration.HEAD_START])
+def test_tied_ratios_are_taken_in_the_heaps_order(head_start, monkeypatch):
+    monkeypatch.setattr(reconfiguration, "HEAD_START", head_start)
+    layout = ModelLayout.from_model(TinyNet())
+    rng = np.random.default_rng(7)
+    weights = rng.normal(size=layout.num_floats).astype(np.float32)
+    mask = layout.full_mask()
+    mask[layout.prunable_positions] = rng.random(layout.num_prunable) < 0.5
+    importance = rng.integers(0, 3, size=layout.num_floats).astype(np.float64)  # many ties
+    for constant in (0.5, 4.0, 40.0):
+        ours = reconfigure_mask(weights, mask, importance, layout, np.array([1.0, 1.0]), constant, 0.3)
+        theirs = heap_reference(weights, mask, importance, layout, np.array([1.0, 1.0]), constant, 0.3)
+        assert np.array_equal(ours, theirs)
+
+
+def test_ranked_head_is_a_prefix_of_the_stable_sort():
+    key = np.array([3.0, 1.0, 2.0, 1.0, 0.0, 2.0, 1.0, 5.0])
+    full = np.argsort(key, kind="stable")  # 4, 1, 3, 6, 2, 5, 0, 7
+    assert list(ranked_head(key, 1)) == [4]
+    assert list(ranked_head(key, 2)) == [4, 1, 3, 6]  # the tie at the boundary comes whole
+    assert list(ranked_head(key, 5)) == [4, 1, 3, 6, 2, 5]
+    assert list(ranked_head(key, 8)) == list(full)
 
 
 def test_an_emptied_layer_does_not_crash_and_can_regrow():

@@ -17,9 +17,13 @@ so the first candidate that fails ends the search: the model size comes out of
 the cost model, not from a target density.
 
 The authors run the greedy with a max-heap over layers; here the candidates are
-sorted once by ratio and the stopping point is found with prefix sums, which
-selects the same set (up to the order of exact ties) in O(N log N) without a
-Python loop over weights.
+ranked by ratio and the stopping point is found with prefix sums, which selects the
+same set (up to the order of exact ties) without a Python loop over weights. Only
+the head of the ranking is ever needed (the greedy stops at its first failing
+candidate, or at the density cap), so the ranking is built for a head found by
+``np.partition`` and widened fourfold until the stop lies inside it: O(N) per try
+plus a sort of the head, against a full sort of every candidate. On Conv-2
+(5.7M candidates, 2-core x86) that sort alone took 1.3-2.3 s of a reconfiguration.
 """
 
 from __future__ import annotations
@@ -103,18 +107,51 @@ def reconfigure_mask(
     s = np.concatenate(cand_importance)
     c = np.concatenate(cand_cost)
     positions = np.concatenate(cand_position)
-    order = np.argsort(-(s / c), kind="stable")
-    s, c, positions = s[order], c[order], positions[order]
+    key = -(s / c)
+    limit = len(s)
+    if max_kept is not None:
+        n_core = int(np.count_nonzero(new_mask[layout.prunable_positions]))
+        limit = min(limit, max(0, max_kept - n_core))
+    length = min(len(s), max(limit, HEAD_START)) if max_kept is not None else min(len(s), HEAD_START)
+    while True:
+        head = ranked_head(key, length)
+        n_added = first_failing(s[head], c[head], numerator, denominator)
+        if n_added is not None or len(head) >= limit:
+            break
+        length = min(len(s), 4 * length)
+    n_added = min(len(head) if n_added is None else n_added, limit)
+    new_mask[positions[head[:n_added]]] = True
+    return new_mask
 
-    # Candidate k is added iff s_k / c_k > (num + S_<k) / (den + C_<k); with nothing
-    # kept and T0 = 0 the objective is undefined and any positive S is a gain.
+
+HEAD_START = 1 << 16
+"""How many candidates the first try ranks (then 4x, 16x, ... until the greedy stops)."""
+
+
+def ranked_head(key: np.ndarray, length: int) -> np.ndarray:
+    """The first ``length`` or more entries of ``np.argsort(key, kind="stable")``.
+
+    Every key up to the ``length``-th smallest is taken (ties at the boundary
+    included, so the head may be longer), in ascending index order, then sorted
+    stably: equal keys keep their index order exactly as in the full stable sort,
+    so the head is a prefix of it.
+    """
+    if length >= len(key):
+        return np.argsort(key, kind="stable")
+    boundary = np.partition(key, length - 1)[length - 1]
+    chosen = np.flatnonzero(key <= boundary)
+    return chosen[np.argsort(key[chosen], kind="stable")]
+
+
+def first_failing(s: np.ndarray, c: np.ndarray, numerator: float, denominator: float) -> int | None:
+    """Index of the first ranked candidate that does not raise the objective, or None.
+
+    Candidate k is added iff s_k / c_k > (num + S_<k) / (den + C_<k); with nothing
+    kept and T0 = 0 the objective is undefined and any positive S is a gain. The
+    prefix sums of a head equal those of the full ranking (np.cumsum adds in order).
+    """
     kept_before = numerator + np.concatenate(([0.0], np.cumsum(s)[:-1]))
     cost_before = denominator + np.concatenate(([0.0], np.cumsum(c)[:-1]))
     gains = (s * cost_before > kept_before * c) | ((cost_before == 0) & (s > 0))
     failing = np.flatnonzero(~gains)
-    n_added = int(failing[0]) if len(failing) else len(s)
-    if max_kept is not None:
-        n_core = int(np.count_nonzero(new_mask[layout.prunable_positions]))
-        n_added = min(n_added, max(0, max_kept - n_core))
-    new_mask[positions[:n_added]] = True
-    return new_mask
+    return int(failing[0]) if len(failing) else None
