@@ -233,6 +233,20 @@ def test_importance_rebuilt_from_an_update_is_n_times_squared_gradient_sum(tiny)
     np.testing.assert_allclose(acc.values, expected, rtol=1e-5)
 
 
+def test_buffered_uploads_sum_as_added_one_by_one(tiny):
+    _, layout = tiny
+    acc = ImportanceAccumulator(layout)
+    rng = np.random.default_rng(3)
+    first, second = np.array([0, 3, 7]), np.array([1, 3, 15])
+    uploads = [rng.random(3, dtype=np.float32) for _ in range(4)]
+    expected = np.zeros(layout.num_floats)
+    for positions, upload in zip([first, first, second, second], uploads, strict=True):
+        acc.add_upload(positions.copy(), upload)  # equal positions, not the same array
+        expected[positions] += upload.astype(np.float64)
+    assert np.array_equal(acc.values, expected)  # bit for bit; position 3 spans both
+    assert np.array_equal(acc.take(), expected) and not acc.values.any()
+
+
 def test_a_changed_mask_travels_as_a_delta_against_the_nodes_copy(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "scripted", ScriptedMethod)
     _, grid = run(tmp_path, ["pruning.method=scripted", "federation.rounds=3", "train.local-steps=1"])

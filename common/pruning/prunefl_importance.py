@@ -155,6 +155,12 @@ class ImportanceAccumulator:
     its kept positions is added into a buffer of the kept values' length (a
     contiguous add) and scattered into :attr:`values` once, when S is read or the
     mask changes: about 5x cheaper per reply than scattering each reply for Conv-2.
+    Uploads are summed the same way, in a buffer over their positions: ten Conv-2
+    uploads of 5.7M values took 0.5 s (2.8 s in a fresh process) scattered one by one.
+    The buffered sum equals the one-by-one sum bit for bit wherever S was zero when
+    the buffer started (as after every reconfiguration's :meth:`take`); reading S (a
+    checkpoint) flushes the buffer, at the same round in a resumed run as in an
+    uninterrupted one.
     """
 
     def __init__(self, layout: ModelLayout) -> None:
@@ -167,6 +173,8 @@ class ImportanceAccumulator:
         self._kept = np.zeros(0, dtype=np.int64)
         self._kept_is_parameter = np.zeros(0, dtype=bool)
         self._pending: np.ndarray | None = None  # sums over the kept positions, not yet in _values
+        self._upload_positions = np.zeros(0, dtype=np.int64)
+        self._pending_upload: np.ndarray | None = None  # sums over _upload_positions, not yet in _values
 
     @property
     def values(self) -> np.ndarray:
@@ -221,10 +229,20 @@ class ImportanceAccumulator:
             self._pending[~self._kept_is_parameter] = 0.0
             self._values[self._kept] += self._pending
             self._pending = None
+        if self._pending_upload is not None:
+            self._values[self._upload_positions] += self._pending_upload
+            self._pending_upload = None
 
     def add_upload(self, positions: np.ndarray, values: np.ndarray) -> None:
         """Add a client's uploaded statistic at ``positions`` of the float state."""
-        self._values[positions] += values.astype(np.float64)
+        if self._pending_upload is not None and not (
+            positions is self._upload_positions or np.array_equal(positions, self._upload_positions)
+        ):
+            self._flush()
+        if self._pending_upload is None:
+            self._upload_positions = positions
+            self._pending_upload = np.zeros(len(positions), dtype=np.float64)
+        np.add(self._pending_upload, values, out=self._pending_upload)
 
     def merge(self, update: RoundUpdate, plain_sgd: bool, bound_rebuilt: bool, factor: float) -> None:
         """Add a round's contributions, each client's bounded by the round's median.
@@ -267,6 +285,7 @@ class ImportanceAccumulator:
                 f"expected float64 of shape {self.values.shape}"
             )
         self._pending = None
+        self._pending_upload = None
         self._values = values.copy()
         self.contributions = int(state["contributions"])
 
