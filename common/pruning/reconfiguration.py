@@ -112,7 +112,7 @@ def reconfigure_mask(
     if max_kept is not None:
         n_core = int(np.count_nonzero(new_mask[layout.prunable_positions]))
         limit = min(limit, max(0, max_kept - n_core))
-    length = min(len(s), max(limit, HEAD_START)) if max_kept is not None else min(len(s), HEAD_START)
+    length = min(len(s), HEAD_START)
     while True:
         head = ranked_head(key, length)
         n_added = first_failing(s[head], c[head], numerator, denominator)
