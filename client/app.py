@@ -112,21 +112,23 @@ def _configure_threads() -> None:
 _built = threading.local()
 
 
-def _thread_model(name: str, source: DatasetSource, device: torch.device) -> nn.Module:
-    """This thread's model of that architecture, built once and reused by every later message.
+def _thread_model(name: str, source: DatasetSource, device: torch.device) -> tuple[nn.Module, ModelLayout]:
+    """This thread's model of that architecture and its layout, built once and reused by every later message.
 
-    Building Conv-2 (6.6M weights, initialised) costs tens of milliseconds a message;
-    a handler overwrites every parameter and buffer of the model it is given
-    (:func:`load_model`: a strict ``load_state_dict``) before using it, and handlers of
-    one thread run one at a time, so a model per thread and architecture is never shared
-    by two handlers at once. Methods that change a model's shape work on copies
+    Building Conv-2 (6.6M weights, initialised) costs tens of milliseconds a message,
+    and its layout's position vectors as much again; a handler overwrites every
+    parameter and buffer of the model it is given (:func:`load_model`: a strict
+    ``load_state_dict``) before using it, and handlers of one thread run one at a time,
+    so a model per thread and architecture is never shared by two handlers at once.
+    Methods that change a model's shape work on copies
     (:func:`common.pruning.shrink.shrink_model`).
     """
     key = (name, source.num_classes, tuple(source.input_shape), str(device))
     if getattr(_built, "key", None) != key:  # one architecture at a time: a process serves one run
-        _built.model = build_model(name, source.num_classes, source.input_shape).to(device)
+        model = build_model(name, source.num_classes, source.input_shape).to(device)
+        _built.model, _built.layout = model, ModelLayout.from_model(model)
         _built.key = key
-    return _built.model
+    return _built.model, _built.layout
 
 
 def prepare(message: Message, context: Context) -> Job:
@@ -150,8 +152,7 @@ def prepare(message: Message, context: Context) -> Job:
     source = DATASETS[spec.dataset]
     data = client_data(spec, Path(str(data_dir)) if data_dir else None, num_partitions, partition_id)
     device = node_device(context)
-    model = _thread_model(spec.model, source, device)
-    layout = ModelLayout.from_model(model)
+    model, layout = _thread_model(spec.model, source, device)
     if spec.layout and spec.layout != layout.fingerprint:
         raise BadMessage(
             f"model layout {spec.layout} differs from this node's {layout.fingerprint} "

@@ -123,8 +123,25 @@ class ModelLayout:
 
     def pruned_positions(self, mask: np.ndarray) -> np.ndarray:
         """Indices into ``floats`` of the pruned weights, in layout order."""
-        prunable = self.prunable_positions
-        return prunable[~mask[prunable]]
+        if not self.prunable:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.flatnonzero(~mask[t.slice]) + t.offset for t in self.prunable])
+
+    def pruned_values(self, vector: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``vector[self.pruned_positions(mask)]``, tensor by tensor, without the positions.
+
+        For Conv-2 at density 0.016 (6.5M pruned weights): 23 ms against 108 ms for
+        building the int64 positions and gathering by them.
+        """
+        if not self.prunable:
+            return np.zeros(0, dtype=vector.dtype)
+        return np.concatenate([vector[t.slice][~mask[t.slice]] for t in self.prunable])
+
+    def parameter_values(self, vector: np.ndarray) -> np.ndarray:
+        """``vector[self.parameter_positions]``, tensor by tensor (contiguous slices)."""
+        if not self.parameters:
+            return np.zeros(0, dtype=vector.dtype)
+        return np.concatenate([vector[t.slice] for t in self.parameters])
 
     @cached_property
     def fingerprint(self) -> str:
@@ -142,19 +159,26 @@ class ModelLayout:
 
     def prunable_part(self, mask: np.ndarray) -> np.ndarray:
         """The entries of a full mask at prunable positions (what travels)."""
-        return mask[self.prunable_positions]
+        if not self.prunable:
+            return np.zeros(0, dtype=mask.dtype)
+        return np.concatenate([mask[t.slice] for t in self.prunable])
 
     def mask_from_prunable(self, prunable_mask: np.ndarray) -> np.ndarray:
         """Expand a mask over prunable positions into a full mask."""
+        if len(prunable_mask) != self.num_prunable:
+            raise ValueError(f"{len(prunable_mask)} mask entries for {self.num_prunable} prunable weights")
         mask = self.full_mask()
-        mask[self.prunable_positions] = prunable_mask
+        start = 0
+        for t in self.prunable:
+            mask[t.slice] = prunable_mask[start : start + t.size]
+            start += t.size
         return mask
 
     def density(self, mask: np.ndarray) -> float:
         """Kept fraction of the prunable weights (1.0 for a model with none)."""
         if self.num_prunable == 0:
             return 1.0
-        return float(np.count_nonzero(mask[self.prunable_positions]) / self.num_prunable)
+        return float(sum(np.count_nonzero(mask[t.slice]) for t in self.prunable) / self.num_prunable)
 
     def kept_per_layer(self, mask: np.ndarray) -> np.ndarray:
         """|M_l| for every prunable tensor, in layout order."""

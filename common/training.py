@@ -324,7 +324,9 @@ def train_locally(
         samples += len(labels)
         loss_sum += float(loss.detach()) * len(labels)
     if not masked_forward:
-        zero_pruned(model, layout, mask)
+        with torch.no_grad():  # zero_pruned, with the float masks built above
+            for p, m in pairs if hooks.enforce_mask else _prunable_masks(model, layout, mask):
+                p.mul_(m)
     result_statistic = None if accumulated is None else accumulated.vector()
     return LocalResult(samples=samples, mean_loss=loss_sum / max(samples, 1), statistic=result_statistic)
 

@@ -13,10 +13,14 @@ speed reaches all of them alike:
 ``dense``
     ``fedprune simulate`` with ``pruning.method=none``;
 ``prunefl``
-    ``fedprune simulate`` with PruneFL at a fixed density: initial pruning off and
-    ``max-density`` 0.13 (and ``max-removal`` 0.95), so round ``--warmup`` (a
-    reconfiguration round) prunes to at most 13% and the timed rounds run the pruned
-    model, with PruneFL's importance and its reconfigurations every ``--warmup`` rounds;
+    ``fedprune simulate`` with PruneFL at a fixed mask, in its steady state between
+    reconfigurations: a short initial pruning on the server (two IP rounds, each
+    reconfiguring with ``max-removal`` 0.95 under ``max-density`` 0.13, before round
+    1 and outside the timed rounds) fixes the mask, and no reconfiguration falls in
+    the run (``reconfig-interval`` past its last round). Every round trains the
+    pruned model and adds the clients' importance to the sums they keep on their
+    nodes, as 49 of every 50 rounds of PruneFL's FEMNIST schedule do (the upload
+    and reconfiguration rounds are timed by ``fedprune bench``'s ``phases.csv``);
 ``floor``
     the compute alone, no Flower: the same local steps of every client in a pool of
     worker processes (one per CPU), the sample-weighted mean, the same evaluation.
@@ -81,10 +85,14 @@ def overrides(
         "dense": ["pruning.method=none"],
         "prunefl": [
             "pruning.method=prunefl",
-            "pruning.prunefl.initial-pruning=off",
-            f"pruning.prunefl.reconfig-interval={warmup}",
+            "pruning.prunefl.initial-pruning=server",
+            "pruning.prunefl.ip-max-rounds=2",
+            "pruning.prunefl.ip-reconfig-interval=1",
+            "pruning.prunefl.ip-eval-interval=1",
+            "pruning.prunefl.ip-accuracy-factor=0",
+            f"pruning.prunefl.reconfig-interval={rounds + 1}",  # none within the run: a fixed mask
             f"pruning.prunefl.max-density={PRUNED_DENSITY}",
-            "pruning.prunefl.max-removal=0.95",  # reach the density in one reconfiguration
+            "pruning.prunefl.max-removal=0.95",  # reach the density in the IP's reconfigurations
         ],
     }.get(configuration, ["pruning.method=none"])
     return [
@@ -305,6 +313,8 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
     workers = min(
         config.simulation.num_clients, max(1, int((os.cpu_count() or 1) / config.simulation.client_cpus))
     )
+    total = np.empty(layout.num_floats, dtype=np.float64)  # the weighted sum, allocated once
+    term = np.empty_like(total)
     with ProcessPoolExecutor(workers, initializer=_floor_init, initargs=(config.to_flat(),)) as pool:
         for server_round in range(1, config.federation.rounds + 1):
             started = time.monotonic()
@@ -314,8 +324,11 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
             ]
             results = [f.result() for f in futures]
             weights = np.array([r[2] for r in results], dtype=np.float64)
-            floats = (np.stack([r[0] for r in results]) * (weights / weights.sum())[:, None]).sum(0)
-            floats = floats.astype(np.float32)
+            total.fill(0.0)
+            for result, weight in zip(results, weights / weights.sum(), strict=True):
+                np.multiply(result[0], weight, out=term)
+                total += term
+            floats = total.astype(np.float32)
             ints = results[-1][1]
             evaluated = time.monotonic()
             load_flat(evaluator.model, layout, floats, ints)
@@ -378,9 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="digits")
     parser.add_argument("--rounds", type=int, default=12, help="rounds per run, warm-up included")
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="rounds not counted (PruneFL prunes at this round)"
-    )
+    parser.add_argument("--warmup", type=int, default=2, help="rounds not counted")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, interleaved")
     parser.add_argument("--data-dir", default=os.environ.get("FEDPRUNE_DATA_DIR", ""))
     parser.add_argument("--output", type=Path, default=Path("results/bench_overhead"))

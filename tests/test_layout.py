@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from common.layout import ModelLayout
@@ -35,6 +36,22 @@ def test_mask_helpers(tiny):
     assert list(layout.kept_per_layer(mask)) == [6, 6]
     assert list(layout.pruned_positions(mask)) == list(range(6))
     assert np.array_equal(layout.mask_from_prunable(layout.prunable_part(mask)), mask)
+
+
+def test_slice_wise_views_equal_gathers_at_positions(tiny):
+    _, layout = tiny  # fc1.weight 0-11, fc1.bias 12-14, fc2.weight 15-20, fc2.bias 21-22
+    mask = layout.full_mask()
+    mask[[1, 2, 16, 20]] = False
+    vector = np.arange(23, dtype=np.float32) * 10
+    assert list(layout.pruned_positions(mask)) == [1, 2, 16, 20]
+    assert list(layout.pruned_values(vector, mask)) == [10, 20, 160, 200]
+    assert np.array_equal(layout.parameter_values(vector), vector[layout.parameter_positions])
+    assert list(layout.prunable_part(mask)) == [i not in (1, 2, 16, 20) for i in range(12)] + [
+        i not in (16, 20) for i in range(15, 21)
+    ]
+    assert layout.density(mask) == 14 / 18
+    with pytest.raises(ValueError, match="17 mask entries for 18"):
+        layout.mask_from_prunable(np.ones(17, dtype=bool))
 
 
 def test_fingerprint_differs_between_models():

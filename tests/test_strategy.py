@@ -15,6 +15,7 @@ from client.node_state import METHOD_RECORD
 from common.config import load_config
 from common.pruning import METHODS, InitialPruning, PruningMethod
 from common.pruning.prunefl_importance import ImportanceAccumulator
+from common.training import LocalResult
 from common.wire import measure_message
 from common.wire.codec import mask_base_version
 from common.wire.values import decode_values
@@ -231,6 +232,37 @@ def test_importance_rebuilt_from_an_update_is_n_times_squared_gradient_sum(tiny)
     expected = np.zeros(layout.num_floats)
     expected[mask] = 20 * np.arange(int(mask.sum())) ** 2
     np.testing.assert_allclose(acc.values, expected, rtol=1e-5)
+
+
+def test_client_upload_is_n_times_squared_gradient_sum_at_pruned_positions(tiny, monkeypatch):
+    import common.pruning.prunefl_importance as importance
+
+    monkeypatch.setattr(importance, "BLOCK", 2)  # several blocks, one of them short
+    _, layout = tiny  # prunable: fc1.weight 0-11, fc2.weight 15-20
+    mask = layout.full_mask()
+    mask[[1, 2, 3, 16, 20]] = False
+    gradient_sum = np.arange(layout.num_floats, dtype=np.float32) / 3
+    store = _DictStore()
+    hooks = importance.ImportanceHooks(importance.ImportanceTask("accumulate", "pruned"))
+    result = LocalResult(samples=20, mean_loss=0.0, statistic=gradient_sum)
+    assert hooks.upload(result, layout, mask, 1, store) is None  # accumulated on the node
+    hooks = importance.ImportanceHooks(importance.ImportanceTask("upload", "pruned"))
+    sent = hooks.upload(result, layout, mask, 1, store)
+    g = gradient_sum[[1, 2, 3, 16, 20]].astype(np.float64)
+    once = (20 * g * g).astype(np.float32)
+    assert sent.tobytes() == (once + once).tobytes()  # two rounds' sums, bit for bit
+    assert store.load(importance.SUM_KEY) is None  # an upload empties the node's sum
+
+
+class _DictStore(dict):
+    def load(self, key):
+        return self.get(key)
+
+    def save(self, key, array):
+        self[key] = array
+
+    def delete(self, key):
+        self.pop(key, None)
 
 
 def test_buffered_uploads_sum_as_added_one_by_one(tiny):
