@@ -193,10 +193,14 @@ def _prunable_masks(
 
 
 @torch.no_grad()
+def _apply_masks(pairs: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+    for parameter, float_mask in pairs:
+        parameter.mul_(float_mask)
+
+
 def zero_pruned(model: nn.Module, layout: ModelLayout, mask: np.ndarray) -> None:
     """Set the weights ``mask`` prunes to zero, in place."""
-    for parameter, float_mask in _prunable_masks(model, layout, mask):
-        parameter.mul_(float_mask)
+    _apply_masks(_prunable_masks(model, layout, mask))
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -302,9 +306,7 @@ def train_locally(
     samples, loss_sum = 0, 0.0
     for step in range(steps):
         stale = [p.detach().clone() for p, _ in pairs] if masked_forward else []
-        with torch.no_grad():
-            for p, m in pairs:
-                p.mul_(m)
+        _apply_masks(pairs)
         hooks.before_forward(model, step)
         inputs, labels = on_device(next(batches), device)
         optimizer.zero_grad(set_to_none=False)
@@ -324,9 +326,8 @@ def train_locally(
         samples += len(labels)
         loss_sum += float(loss.detach()) * len(labels)
     if not masked_forward:
-        with torch.no_grad():  # zero_pruned, with the float masks built above
-            for p, m in pairs if hooks.enforce_mask else _prunable_masks(model, layout, mask):
-                p.mul_(m)
+        # zero_pruned, with the float masks of the steps where they were built
+        _apply_masks(pairs if hooks.enforce_mask else _prunable_masks(model, layout, mask))
     result_statistic = None if accumulated is None else accumulated.vector()
     return LocalResult(samples=samples, mean_loss=loss_sum / max(samples, 1), statistic=result_statistic)
 
