@@ -174,11 +174,15 @@ class ModelLayout:
             start += t.size
         return mask
 
+    def num_kept(self, mask: np.ndarray) -> int:
+        """How many prunable weights ``mask`` keeps (counted slice by slice)."""
+        return int(sum(np.count_nonzero(mask[t.slice]) for t in self.prunable))
+
     def density(self, mask: np.ndarray) -> float:
         """Kept fraction of the prunable weights (1.0 for a model with none)."""
         if self.num_prunable == 0:
             return 1.0
-        return float(sum(np.count_nonzero(mask[t.slice]) for t in self.prunable) / self.num_prunable)
+        return self.num_kept(mask) / self.num_prunable
 
     def kept_per_layer(self, mask: np.ndarray) -> np.ndarray:
         """|M_l| for every prunable tensor, in layout order."""

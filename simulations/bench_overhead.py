@@ -77,9 +77,7 @@ MODELS: dict[str, list[str]] = {
 PRUNED_DENSITY = 0.13
 
 
-def overrides(
-    model: str, configuration: str, rounds: int, warmup: int, data_dir: str, out: Path
-) -> list[str]:
+def overrides(model: str, configuration: str, rounds: int, data_dir: str, out: Path) -> list[str]:
     """The run configuration of one benchmark run, as ``--set`` overrides."""
     method = {
         "dense": ["pruning.method=none"],
@@ -347,14 +345,14 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
 RUNNERS = {"flower": run_flower, "dense": run_fedprune, "prunefl": run_fedprune, "floor": run_floor}
 
 
-def run_one(model: str, configuration: str, rounds: int, warmup: int, data_dir: str, out: Path) -> list[dict]:
+def run_one(model: str, configuration: str, rounds: int, data_dir: str, out: Path) -> list[dict]:
     """One run in this process (``--one``); its per-round timings."""
     import logging
 
     from common.config import load_config
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    config = load_config(None, overrides(model, configuration, rounds, warmup, data_dir, out))
+    config = load_config(None, overrides(model, configuration, rounds, data_dir, out))
     timings: list[dict] = []
     RUNNERS[configuration](config, timings)
     return timings
@@ -400,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds <= args.warmup:
         parser.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup})")
     if args.one:
-        timings = run_one(args.model, args.one, args.rounds, args.warmup, args.data_dir, args.output)
+        timings = run_one(args.model, args.one, args.rounds, args.data_dir, args.output)
         print("TIMINGS " + json.dumps(timings))
         return 0
 

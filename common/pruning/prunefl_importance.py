@@ -92,6 +92,13 @@ def statistic_positions(layout: ModelLayout, mask: np.ndarray, plain_sgd: bool) 
     return layout.pruned_positions(mask) if plain_sgd else layout.parameter_positions
 
 
+def statistic_values(
+    layout: ModelLayout, vector: np.ndarray, mask: np.ndarray, plain_sgd: bool
+) -> np.ndarray:
+    """``vector[statistic_positions(layout, mask, plain_sgd)]``, gathered slice by slice."""
+    return layout.pruned_values(vector, mask) if plain_sgd else layout.parameter_values(vector)
+
+
 # -- client side ----------------------------------------------------------------------------
 class ImportanceHooks(TrainingHooks):
     """Local training that sums the gradients and uploads n * (sum of gradients) ** 2."""
@@ -117,10 +124,8 @@ class ImportanceHooks(TrainingHooks):
         store: NodeStore,
     ) -> np.ndarray | None:
         assert result.statistic is not None
-        if self.task.importance_scope == "pruned":  # at statistic_positions(layout, mask, True)
-            gradient_sum = layout.pruned_values(result.statistic, mask)
-        else:
-            gradient_sum = layout.parameter_values(result.statistic)
+        plain_sgd = self.task.importance_scope == "pruned"
+        gradient_sum = statistic_values(layout, result.statistic, mask, plain_sgd)
         importance = client_importance(gradient_sum, result.samples)
         total = _add_to_node_sum(store, importance, mask_version)
         if self.task.importance == "accumulate":

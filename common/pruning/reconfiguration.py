@@ -110,7 +110,7 @@ def reconfigure_mask(
     key = -(s / c)
     limit = len(s)
     if max_kept is not None:
-        n_core = int(np.count_nonzero(new_mask[layout.prunable_positions]))
+        n_core = layout.num_kept(new_mask)
         limit = min(limit, max(0, max_kept - n_core))
     length = min(len(s), HEAD_START)
     while True:
