@@ -40,6 +40,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from common import keys
+from common.allocator import keep_freed_memory
 from common.budget import BUDGET_KEEP, BUDGET_PARTITIONS, fraction_for
 from common.cost_model import CostModel
 from common.data import DATASETS, ClientSplit, DatasetSource, label_histogram
@@ -103,7 +104,9 @@ def node_device(context: Context) -> torch.device:
     return resolve_device("auto")
 
 
-def _configure_threads() -> None:
+def _configure_process() -> None:
+    """This process's torch threads (``$FEDPRUNE_CLIENT_THREADS``) and allocator (:mod:`common.allocator`)."""
+    keep_freed_memory()
     threads = os.environ.get(THREADS_ENV)
     if threads and torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
@@ -133,7 +136,7 @@ def _thread_model(name: str, source: DatasetSource, device: torch.device) -> tup
 
 def prepare(message: Message, context: Context) -> Job:
     """Parse the task, load this node's data and build the model."""
-    _configure_threads()
+    _configure_process()
     if keys.CONFIG not in message.content.config_records:
         raise BadMessage("the message has no config record")
     spec = TaskSpec.from_message_config(message.content.config_records[keys.CONFIG])

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from flwr.superlink.grid import InMemoryGrid
 
+from common.allocator import keep_freed_memory
 from common.config import DATA_DIR_ENV, AppConfig
 from common.cost_model import CostModel
 from common.data import DATASETS, load_dataset
@@ -457,6 +458,7 @@ def build_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         poll_replies_promptly(grid)
+        keep_freed_memory()  # every reply's buffers reuse the last one's pages
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)
             threads = resolved.federation.server_threads

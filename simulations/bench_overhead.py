@@ -37,10 +37,14 @@ The table also gives the share with the evaluation counted (``1 - training / rou
 Every run's per-round timings are written to ``<output>/<model>-timings.json``.
 
     python -m simulations.bench_overhead [--model digits|lenet5|conv2] [--rounds 12 --warmup 2 --repeats 2]
+        [--set wire.KEY=VALUE ...]
 
 prints a Markdown table and ends with exactly one line
 ``overhead: dense/flower=R1 prunefl/flower=R2 dense-not-training=P1% prunefl-not-training=P2%``.
 LeNet-5 needs MNIST and Conv-2 the FEMNIST sample under ``--data-dir``.
+``--set wire.compression-level=0`` (any ``wire.*`` key, repeatable) changes how fedprune's
+two configurations write their messages, to time the wire format's share; nothing
+else can be set, so that the four configurations keep doing the same work.
 """
 
 from __future__ import annotations
@@ -55,12 +59,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 CONFIGURATIONS = ("flower", "dense", "prunefl", "floor")
+FEDPRUNE = ("dense", "prunefl")  # the configurations --set applies to
 MODELS: dict[str, list[str]] = {
     "digits": [],  # the default run: digits-cnn on scikit-learn's digits, 10 clients
     "lenet5": ["data.dataset=mnist", "model.name=lenet5"],
@@ -75,10 +81,13 @@ MODELS: dict[str, list[str]] = {
     ],
 }
 PRUNED_DENSITY = 0.13
+SETTABLE = ("wire.",)  # what --set may change: how messages are written, not the work done
 
 
-def overrides(model: str, configuration: str, rounds: int, data_dir: str, out: Path) -> list[str]:
-    """The run configuration of one benchmark run, as ``--set`` overrides."""
+def overrides(
+    model: str, configuration: str, rounds: int, data_dir: str, out: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """One benchmark run's configuration as ``--set`` overrides; ``extra`` last, for fedprune's runs only."""
     method = {
         "dense": ["pruning.method=none"],
         "prunefl": [
@@ -104,7 +113,23 @@ def overrides(model: str, configuration: str, rounds: int, data_dir: str, out: P
         f"output.dir={out}",
         f"output.name={configuration}",
         *method,
+        *(extra if configuration in FEDPRUNE else ()),
     ]
+
+
+def check_settable(extra: Sequence[str]) -> str | None:
+    """None if every ``--set`` is a valid ``wire.*`` override; else what is wrong with the first bad one."""
+    from common.config import ConfigError, load_config
+
+    for text in extra:
+        key = text.split("=", 1)[0].strip()
+        if "=" not in text or not key.startswith(SETTABLE):
+            return f"--set {text!r}: expected KEY=VALUE with KEY under {', '.join(SETTABLE)}"
+    try:
+        load_config(None, list(extra))
+    except ConfigError as exc:
+        return f"--set: {exc}"
+    return None
 
 
 def train_client(model, layout, spec, data_dir: Path | None, num_partitions: int, partition: int):  # noqa: ANN001, ANN201
@@ -345,14 +370,16 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
 RUNNERS = {"flower": run_flower, "dense": run_fedprune, "prunefl": run_fedprune, "floor": run_floor}
 
 
-def run_one(model: str, configuration: str, rounds: int, data_dir: str, out: Path) -> list[dict]:
+def run_one(
+    model: str, configuration: str, rounds: int, data_dir: str, out: Path, extra: Sequence[str] = ()
+) -> list[dict]:
     """One run in this process (``--one``); its per-round timings."""
     import logging
 
     from common.config import load_config
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    config = load_config(None, overrides(model, configuration, rounds, data_dir, out))
+    config = load_config(None, overrides(model, configuration, rounds, data_dir, out, extra))
     timings: list[dict] = []
     RUNNERS[configuration](config, timings)
     return timings
@@ -393,12 +420,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, interleaved")
     parser.add_argument("--data-dir", default=os.environ.get("FEDPRUNE_DATA_DIR", ""))
     parser.add_argument("--output", type=Path, default=Path("results/bench_overhead"))
+    parser.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="wire.KEY=VALUE",
+        help="a wire setting of fedprune's dense and prunefl runs (repeatable): wire.compression-level=0",
+    )
     parser.add_argument("--one", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds <= args.warmup:
         parser.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup})")
+    if (problem := check_settable(args.extra)) is not None:
+        parser.error(problem)
     if args.one:
-        timings = run_one(args.model, args.one, args.rounds, args.data_dir, args.output)
+        timings = run_one(args.model, args.one, args.rounds, args.data_dir, args.output, args.extra)
         print("TIMINGS " + json.dumps(timings))
         return 0
 
@@ -410,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, "-m", "simulations.bench_overhead", "--one", configuration]
             command += ["--model", args.model, "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
             command += ["--data-dir", args.data_dir, "--output", str(out)]
+            command += [f"--set={text}" for text in args.extra]
             done = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("TIMINGS ")]
             if done.returncode != 0 or not lines:
@@ -420,12 +458,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {repeat + 1}/{args.repeats} {configuration}: done", file=sys.stderr)
     load_after = os.getloadavg()
     args.output.mkdir(parents=True, exist_ok=True)
-    saved = {"model": args.model, "rounds": args.rounds, "warmup": args.warmup, "timings": per_config}
+    saved = {
+        "model": args.model,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "set": args.extra,
+        "timings": per_config,
+    }
     (args.output / f"{args.model}-timings.json").write_text(json.dumps(saved, indent=1))
     figures = {c: summarise(t, args.warmup) for c, t in per_config.items()}
 
     timed = args.rounds - args.warmup
     print(f"# Round overhead: {args.model}, 10 clients, {timed} timed rounds x {args.repeats}")
+    if args.extra:
+        print(f"\nfedprune's dense and prunefl runs with {', '.join(args.extra)}")
     print(
         f"\n{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"

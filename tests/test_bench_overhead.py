@@ -7,7 +7,7 @@ import pytest
 from server.phases import PhaseRow
 from server.results import PHASES_FILE
 from simulations.bench import read_overhead, share_not_training
-from simulations.bench_overhead import summarise
+from simulations.bench_overhead import check_settable, overrides, summarise
 
 ROUNDS = [  # round, wall, evaluation, training (union of the clients' intervals)
     (1, 9.0, 1.0, 1.0),  # the warm-up (Ray starting): left out by bench_overhead's --warmup 1
@@ -47,3 +47,25 @@ def test_both_benches_give_the_same_share_for_the_same_rounds(tmp_path):
     assert overhead.not_training_nor_evaluating == pytest.approx(summarise(timings, warmup=0)["not_training"])
     assert overhead.not_training_nor_evaluating == pytest.approx(0.5)
     assert overhead.not_training == pytest.approx(1 - 3.5 / 10)
+
+
+def test_wire_settings_reach_fedprunes_runs_only(tmp_path):
+    extra = ["wire.compression-level=0"]
+    for configuration in ("dense", "prunefl"):
+        assert overrides("conv2", configuration, 8, "", tmp_path, extra)[-1] == extra[0]
+    for configuration in ("flower", "floor"):
+        assert extra[0] not in overrides("conv2", configuration, 8, "", tmp_path, extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["model.name=lenet5"], "model.name=lenet5"),  # changes the work: refused
+        (["wire.compression-level"], "wire.compression-level"),  # no value
+        (["wire.compression-level=99"], "99"),  # validated as fedprune validates it
+    ],
+)
+def test_bad_wire_settings_are_named(extra, named):
+    problem = check_settable(extra)
+    assert problem is not None and named in problem
+    assert check_settable(["wire.compression-level=0", "wire.values=bfloat16"]) is None

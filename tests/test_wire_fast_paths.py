@@ -288,3 +288,24 @@ def test_measured_bytes_equal_the_deflated_objects(tiny):
     )
     message = Message(RecordDict({"arrays": record}), dst_node_id=1, message_type="train")
     assert measure_message(message) == _deflated(message)
+
+
+def test_measuring_a_message_cuts_its_arrays_once_without_deflating_chunks(monkeypatch):
+    """Flower's own cutting deflates (copies) every chunk to hash it; the measure hashes in place."""
+    from flwr.app.message.arraychunk import ArrayChunk
+
+    deflated = []
+    flowers_deflate = ArrayChunk.deflate
+    monkeypatch.setattr(
+        ArrayChunk, "deflate", lambda self: deflated.append(len(self.data)) or flowers_deflate(self)
+    )
+    data = np.random.default_rng(3).integers(0, 256, 2 * CHUNK + 7, dtype=np.uint8).tobytes()
+    message = Message(
+        RecordDict({"arrays": ArrayRecord({"values": _raw("values", data)})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    measured = measure_message(message)
+    assert deflated == []
+    monkeypatch.setattr(ArrayChunk, "deflate", flowers_deflate)
+    assert measured == _deflated(message)

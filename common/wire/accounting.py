@@ -73,20 +73,21 @@ def measure_message(message: Message) -> MessageBytes:
     chunks are cut (see :func:`array_chunks`). Only the small objects (message,
     records, arrays' headers) are deflated.
     """
+    arrays = _named_arrays(message)
+    for _, array in arrays:  # cut here first: the message's object id reaches Flower's own cutting
+        array_chunks(array)
     sizes: dict[str, int] = {}
     _add_sizes(message, sizes)
     parts = dict.fromkeys(CATEGORIES[:-1], 0)
     claimed: set[str] = set()
-    if message.has_content():
-        for record in message.content.array_records.values():
-            for name, array in record.items():
-                category = _CATEGORY_OF_ARRAY.get(name)
-                if category is None:
-                    continue
-                for object_id in (array.object_id, *(chunk_id for chunk_id, _ in array_chunks(array))):
-                    if object_id not in claimed:
-                        claimed.add(object_id)
-                        parts[category] += sizes[object_id]
+    for name, array in arrays:
+        category = _CATEGORY_OF_ARRAY.get(name)
+        if category is None:
+            continue
+        for object_id in (array.object_id, *(chunk_id for chunk_id, _ in array_chunks(array))):
+            if object_id not in claimed:
+                claimed.add(object_id)
+                parts[category] += sizes[object_id]
     total = sum(sizes.values())
     return MessageBytes(
         values=parts["values"],
@@ -95,6 +96,13 @@ def measure_message(message: Message) -> MessageBytes:
         other=total - sum(parts.values()),
         objects=len(sizes),
     )
+
+
+def _named_arrays(message: Message) -> list[tuple[str, Array]]:
+    """Every array of the message's array records, with its name."""
+    if not message.has_content():
+        return []
+    return [item for record in message.content.array_records.values() for item in record.items()]
 
 
 def _add_sizes(obj: InflatableObject, sizes: dict[str, int]) -> None:
