@@ -23,7 +23,8 @@ speed reaches all of them alike:
     and reconfiguration rounds are timed by ``fedprune bench``'s ``phases.csv``);
 ``floor``
     the compute alone, no Flower: the same local steps of every client in a pool of
-    worker processes (one per CPU), the sample-weighted mean, the same evaluation.
+    worker processes (one per CPU), the sample-weighted mean, the same evaluation;
+    the workers keep freed memory as fedprune's processes do (:mod:`common.allocator`).
 
 Round wall times are measured: by the plain app from its evaluation callback
 (rounds end when it runs), by fedprune from ``rounds.csv``, by the floor around
@@ -289,6 +290,7 @@ _WORKER: dict = {}
 def _floor_init(flat: dict) -> None:
     import torch
 
+    from common.allocator import keep_freed_memory
     from common.config import AppConfig
     from common.data import load_dataset
     from common.layout import ModelLayout
@@ -296,6 +298,7 @@ def _floor_init(flat: dict) -> None:
     from server.app import task_for_run
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as fedprune's clients do: the floor pays no page faults fedprune does not
     config = AppConfig.from_flat(flat)
     dataset = load_dataset(config.data.dataset, config.data.resolved_dir())
     model = build_model(config.model.name, dataset.num_classes, dataset.input_shape)
