@@ -34,6 +34,7 @@ from common.data import DATASETS, load_dataset
 from common.device import cpu_threads, cuda_available, resolve_device
 from common.layout import ModelLayout
 from common.models import build_model
+from common.provenance import git_commit
 from common.pruning import MethodEnv
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
@@ -419,6 +420,7 @@ def environment() -> dict[str, str]:
         "flwr": flwr.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "fedprune": git_commit(),  # the server's checkout; 'unknown' in an installed copy
     }
 
 

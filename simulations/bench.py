@@ -56,13 +56,13 @@ import csv
 import math
 import os
 import platform
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.config import AppConfig, read_preset, with_method
+from common.provenance import git_commit
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.app import RELOCATABLE_KEYS, RunSummary
@@ -473,26 +473,6 @@ def _memory_gib() -> str:
     return "unknown"
 
 
-def git_commit(folder: Path) -> str:
-    """The checkout's commit, with ``-dirty`` when it has uncommitted changes (or 'unknown')."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def environment(load_before: float | None = None) -> dict[str, str]:
     """Hardware and versions, for the report's set-up section."""
     import flwr
@@ -506,7 +486,7 @@ def environment(load_before: float | None = None) -> dict[str, str]:
             f"Python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, "
             f"numpy {numpy.__version__}"
         ),
-        "fedprune commit": git_commit(Path(__file__).resolve().parent.parent),
+        "fedprune commit": git_commit(),
         "Load average (1 min)": (
             (f"{load_before:.2f} at the start, " if load_before is not None else "")
             + f"{load[0]:.2f} at the end"
