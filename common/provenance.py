@@ -14,18 +14,14 @@ def git_commit(folder: Path = SOURCE_ROOT) -> str:
     An installed copy (a wheel, a device's Docker image) has no checkout: 'unknown'.
     """
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(folder, "rev-parse", "--short", "HEAD")
+        dirty = _git(folder, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
+
+
+def _git(folder: Path, *args: str) -> str:
+    """``git -C folder args``'s output, stripped; raises when git is missing or fails."""
+    done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
