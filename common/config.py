@@ -224,6 +224,7 @@ class EvaluateSettings(Section):
     server: bool = True  # evaluate the global model on the server-held test set
     client_fraction: float = 0.0  # share of clients asked to evaluate on their own test split
     every: int = 1  # rounds between evaluations
+    overlap: bool = True  # the server evaluates round t while round t+1 trains (server/evaluation.py)
 
     def validate(self) -> None:
         self.require("client_fraction", 0 <= self.client_fraction <= 1, "a fraction in [0, 1]")

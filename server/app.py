@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from logging import ERROR, INFO
 from pathlib import Path
@@ -247,13 +247,18 @@ def run_federation(
         report = restore(strategy, results, resume)
         runner = ResumedStrategy(strategy, resume.server_round)
     if fed.rounds > (resume.server_round if resume else 0):
-        runner.start(
-            grid,
-            model.to_arrayrecord(),
-            num_rounds=fed.rounds - (resume.server_round if resume else 0),
-            timeout=fed.round_timeout,
-            evaluate_fn=runner.end_round,
-        )
+        try:
+            runner.start(
+                grid,
+                model.to_arrayrecord(),
+                num_rounds=fed.rounds - (resume.server_round if resume else 0),
+                timeout=fed.round_timeout,
+                evaluate_fn=runner.end_round,
+            )
+            strategy.finish_round()  # the last round waits for its evaluation: nothing is left
+        finally:
+            if evaluator is not None:
+                evaluator.close()
     results.write_model(layout, model.floats, model.ints, model.mask)
     report_partitions(results.folder, nodes, config, partitions)  # nodes may have joined since the start
     summary = summarize(config, strategy, report, results.folder, time.monotonic() - started)
@@ -303,8 +308,27 @@ def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpo
 
 
 # A results folder may be moved before resuming, and the run that resumes it names it;
-# federation.describe says when nodes are described, not which ones train (server/nodes.py).
-RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume", "federation.describe")
+# federation.describe says when nodes are described, not which ones train (server/nodes.py);
+# evaluate.overlap says when the server evaluates, not what (server/evaluation.py).
+RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume", "federation.describe", "evaluate.overlap")
+
+
+def config_difference(saved: Mapping[str, object], config: AppConfig) -> str | None:
+    """None if a run saved with the flat configuration ``saved`` is a run of ``config``, else how not.
+
+    Keys of :data:`RELOCATABLE_KEYS` may differ. A key the saved run predates (a
+    setting added to fedprune since) is no difference while it is at its default
+    now: settings are added with defaults that keep what fedprune did before them.
+    """
+    current = config.to_flat()
+    defaults = AppConfig.from_flat({"pruning.method": config.pruning.method}).to_flat()
+    for key in sorted(set(saved) | set(current)):
+        if key in RELOCATABLE_KEYS or saved.get(key) == current.get(key):
+            continue
+        if key not in saved and key in defaults and current[key] == defaults[key]:
+            continue
+        return f"{key} = {saved.get(key)!r} there, {current.get(key)!r} now"
+    return None
 
 
 def resume_point(config: AppConfig) -> tuple[AppConfig, Checkpoint]:
@@ -329,16 +353,12 @@ def resume_point(config: AppConfig) -> tuple[AppConfig, Checkpoint]:
 
 def check_fits(checkpoint: Checkpoint, config: AppConfig, layout: ModelLayout) -> None:
     """Raise :class:`RunError` unless ``checkpoint`` was written by this configuration and model."""
-    saved = checkpoint.state.get("config", {})
-    current = config.to_flat()
-    for key in sorted(set(saved) | set(current)):
-        if key in RELOCATABLE_KEYS:
-            continue
-        if saved.get(key) != current.get(key):
-            raise RunError(
-                f"checkpoint {checkpoint.folder} was written with {key} = {saved.get(key)!r}, "
-                f"but the configuration now says {current.get(key)!r}; resume with the run's own config.toml"
-            )
+    difference = config_difference(checkpoint.state.get("config", {}), config)
+    if difference is not None:
+        raise RunError(
+            f"checkpoint {checkpoint.folder} was written with another configuration ({difference}); "
+            "resume with the run's own config.toml"
+        )
     if checkpoint.state.get("layout") != layout.fingerprint:
         raise RunError(
             f"checkpoint {checkpoint.folder} is of another model layout than {config.model.name!r}"

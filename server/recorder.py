@@ -2,11 +2,13 @@
 
 The strategy fills a :class:`~server.results.RoundRow` with what only it knows
 (clients, failures, rejections, losses, the modelled round time, accuracy);
-:class:`RoundRecorder` completes it from the communication log (measured bytes by
-category, the bound, the dense size), adds the clocks (wall time, elapsed,
-modelled elapsed), appends it with the round's layers and phases to the results
-folder, tells the progress observer, and logs the round's line. It owns the rows
-and the clocks, and checkpoints them.
+:meth:`RoundRecorder.close` completes it as the round ends, from the
+communication log (measured bytes by category, the bound, the dense size) and the
+clocks (wall time, elapsed, modelled elapsed); :meth:`RoundRecorder.write` appends
+it with the round's layers and phases to the results folder, tells the progress
+observer, and logs the round's line. Between the two the server's evaluation of
+the round may still be running (``evaluate.overlap``). It owns the rows and the
+clocks, and checkpoints them.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from logging import INFO
 from typing import Any
 
+import numpy as np
 from flwr.supercore import log
+
+from common.layout import ModelLayout
 
 from .communication import CommunicationLog
 from .global_model import GlobalModel
-from .phases import ClientPhases, PhaseClock, round_phases
+from .phases import ClientPhases, PhaseClock, PhaseRow, round_phases
 from .progress import RunProgress
 from .results import ResultsWriter, RoundRow
 
@@ -35,8 +41,18 @@ def format_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+@dataclass(frozen=True)
+class ClosedRound:
+    """A round's completed row with its layers and phases, as :meth:`RoundRecorder.close` took them."""
+
+    row: RoundRow  # its accuracy and loss may still be filled in before it is written
+    layout: ModelLayout
+    kept_per_layer: np.ndarray
+    phases: PhaseRow | None  # None for round 0 (initial pruning has no round phases)
+
+
 class RoundRecorder:
-    """The run's rows and clocks; :meth:`record` ends a round."""
+    """The run's rows and clocks; :meth:`close` ends a round, :meth:`write` writes it."""
 
     def __init__(
         self,
@@ -57,14 +73,19 @@ class RoundRecorder:
     def start_round(self) -> None:
         self.round_started = time.monotonic()
 
-    def record(
+    def close(
         self,
         row: RoundRow,
         model: GlobalModel,
         clock: PhaseClock,
         client_phases: list[ClientPhases],
-    ) -> None:
-        """Complete ``row`` (bytes, bound, clocks, density), write it and log it."""
+    ) -> ClosedRound:
+        """Complete ``row`` (bytes, bound, clocks, density) as the round ends; :meth:`write` writes it.
+
+        Everything is taken now, from the round's traffic, clocks and model; only
+        the server's evaluation (accuracy, loss) may be filled in before the row is
+        written.
+        """
         server_round = row.round
         row.density = model.density
         traffic = self.comm.rounds[server_round]
@@ -86,17 +107,24 @@ class RoundRecorder:
         row.wall_time_s = now - self.round_started if server_round > 0 else row.wall_time_s
         row.elapsed_s = now - self.run_started
         self.rows.append(row)
+        phases = None
+        if server_round > 0:
+            phases = round_phases(server_round, row.wall_time_s, clock.seconds, client_phases)
+        return ClosedRound(row, model.layout, model.kept_per_layer(), phases)
+
+    def write(self, closed: ClosedRound) -> None:
+        """Write a closed round's row, layers and phases, tell the observer and log the round's line."""
+        row = closed.row
         if self.results is not None:
             self.results.append_round(row)
-            self.results.append_layers(server_round, model.layout, model.kept_per_layer())
-            if server_round > 0:
-                phases = round_phases(server_round, row.wall_time_s, clock.seconds, client_phases)
-                self.results.append_phases(phases)
+            self.results.append_layers(row.round, closed.layout, closed.kept_per_layer)
+            if closed.phases is not None:
+                self.results.append_phases(closed.phases)
         self.progress.round_ended(row)
         log(
             INFO,
             "[round %d/%d] accuracy %s | density %.4f | down %s up %s (bound %s, dense %s) | %.1f s",
-            server_round,
+            row.round,
             self.rounds,
             "n/a" if math.isnan(row.accuracy) else f"{row.accuracy:.4f}",
             row.density,

@@ -14,7 +14,8 @@
 3. ``configure_evaluate`` / ``aggregate_evaluate`` run optional federated
    evaluation on a share of the clients;
 4. :meth:`PruningFedAvg.end_round`, passed to ``start`` as ``evaluate_fn``,
-   evaluates the global model on the server's test set, has the round recorded
+   evaluates the global model on the server's test set (in the background while
+   the next round trains, with ``evaluate.overlap``), has the round recorded
    (:mod:`server.recorder`) and checkpoints when due.
 
 What a method sends between its client and server sides (task entries, an
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import TypeVar
@@ -57,7 +59,7 @@ from .messenger import Messenger
 from .nodes import NodeBook, NodeInfo
 from .phases import ClientPhases
 from .progress import RunProgress
-from .recorder import RoundRecorder
+from .recorder import ClosedRound, RoundRecorder
 from .replies import collect_replies
 from .results import ResultsWriter, RoundRow
 from .robust import aggregate_counters, aggregate_masked, robust_average
@@ -98,6 +100,15 @@ class TrainReply:
             upload=self.upload,
             node_id=self.node.node_id,
         )
+
+
+@dataclass(frozen=True)
+class PendingRound:
+    """A round that ended but whose row is not written yet: its evaluation may still be running."""
+
+    closed: ClosedRound
+    evaluation: Future[Evaluation] | None  # None: the round is not evaluated on the server
+    checkpoint: bool  # a checkpoint is due after it (then its evaluation did not run in the background)
 
 
 class PruningFedAvg(Strategy):
@@ -149,6 +160,7 @@ class PruningFedAvg(Strategy):
         )
         self.clock = messenger.clock  # the server's phases (server/phases.py), reset every round
         self.client_phases: list[ClientPhases] = []
+        self.pending: PendingRound | None = None  # a closed round whose row is not written yet
 
     @property
     def progress(self) -> RunProgress:
@@ -646,22 +658,52 @@ class PruningFedAvg(Strategy):
 
     # -- end of round ------------------------------------------------------------------------
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Server-side evaluation, the round's row and its checkpoint; Flower calls it last in each round."""
+        """Close the round: its server-side evaluation, its row and its checkpoint; Flower calls it last.
+
+        The row is completed now (bytes, clocks, density). With ``evaluate.overlap``
+        the evaluation then runs in the background while the next round trains, and
+        the row is written when the next round ends (:meth:`finish_round`, which
+        waits for the evaluation if it is still running, on that round's clock). The
+        last round, and a round with a checkpoint due, wait for their own evaluation,
+        so every checkpoint is written as its round ends, as without overlap.
+        """
+        self.finish_round()
         row = self.row if server_round == self.row.round else RoundRow(round=server_round)
-        result = None
+        checkpoint = self._checkpoint_due(server_round)
         last = server_round == self.config.federation.rounds
+        evaluation = None
         if self.evaluator is not None and (server_round % self.config.evaluate.every == 0 or last):
-            with self.clock.phase("evaluate"):
-                evaluation: Evaluation = self.evaluator(self.model)
+            background = self.config.evaluate.overlap and not (last or checkpoint)
+            with self.clock.phase("evaluate"):  # all of it, or copying the model to evaluate
+                evaluation = self.evaluator.start(self.model, background=background)
+        closed = self.recorder.close(row, self.model, self.clock, self.client_phases)
+        self.pending = PendingRound(closed, evaluation, checkpoint)
+        if evaluation is not None and not evaluation.done():
+            return None  # written by the next round's end_round
+        return self.finish_round()
+
+    def finish_round(self) -> MetricRecord | None:
+        """Write the closed round's row with its evaluation, and its checkpoint if one is due."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        result = None
+        if pending.evaluation is not None:
+            with self.clock.phase("evaluate"):  # waiting for it, if it is still running
+                evaluation: Evaluation = pending.evaluation.result()
+            row = pending.closed.row
             row.accuracy, row.loss = evaluation.accuracy, evaluation.loss
             result = MetricRecord({"accuracy": evaluation.accuracy, "loss": evaluation.loss})
-        self.recorder.record(row, self.model, self.clock, self.client_phases)
-        self._checkpoint_if_due(server_round)
+        self.recorder.write(pending.closed)
+        if pending.checkpoint and self.results is not None:  # the round's own end: nothing changed since
+            server_round = pending.closed.row.round
+            folder = write_checkpoint(self.results.folder, server_round, self.state_dict(server_round))
+            log(INFO, "round %d: checkpoint written to %s", server_round, folder)
         return result
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint_if_due(self, server_round: int) -> None:
-        """Write a checkpoint when one is due and no node holds statistics the server lacks.
+    def _checkpoint_due(self, server_round: int) -> bool:
+        """Whether a checkpoint is due after this round, and no node holds statistics the server lacks.
 
         A method may leave statistics on the nodes between rounds (PruneFL's sums
         under full participation: :meth:`~common.pruning.PruningMethod.clients_hold_state`);
@@ -670,10 +712,7 @@ class PruningFedAvg(Strategy):
         """
         if server_round > 0:
             self.clients_hold_state = self.method.clients_hold_state(server_round)
-        if self.results is None or not self.checkpoints.due(server_round, self.clients_hold_state):
-            return
-        folder = write_checkpoint(self.results.folder, server_round, self.state_dict(server_round))
-        log(INFO, "round %d: checkpoint written to %s", server_round, folder)
+        return self.results is not None and self.checkpoints.due(server_round, self.clients_hold_state)
 
     def state_dict(self, server_round: int) -> dict:
         """Everything needed to continue after ``server_round``, as arrays and scalars."""

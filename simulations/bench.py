@@ -65,7 +65,7 @@ from common.config import AppConfig, read_preset, with_method
 from common.provenance import git_commit
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
-from server.app import RELOCATABLE_KEYS, RunSummary
+from server.app import RunSummary, config_difference
 from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from server.phases import SERVER_PHASES
 from server.progress import RunProgress
@@ -336,23 +336,9 @@ def method_config(shared: dict[str, object], method: str, runs_dir: Path) -> App
     return arm_config(shared, Arm(method, method), runs_dir)
 
 
-def config_difference(folder: Path, config: AppConfig) -> str | None:
-    """None if ``folder``'s run has ``config`` (its place aside); else the first key that differs.
-
-    A key the saved run predates (absent from its ``config.toml``: a setting added to
-    fedprune since) is no difference while it is at its default now: settings are added
-    with defaults that keep what fedprune did before them.
-    """
-    saved = read_preset(folder / CONFIG_FILE)
-    current = config.to_flat()
-    defaults = AppConfig.from_flat({"pruning.method": config.pruning.method}).to_flat()
-    for key in sorted(set(saved) | set(current)):
-        if key in RELOCATABLE_KEYS or saved.get(key) == current.get(key):
-            continue
-        if key not in saved and key in defaults and current[key] == defaults[key]:
-            continue
-        return f"{key} = {saved.get(key)!r} there, {current.get(key)!r} now"
-    return None
+def saved_config_difference(folder: Path, config: AppConfig) -> str | None:
+    """None if ``folder``'s run has ``config`` (its place aside); else the first key that differs."""
+    return config_difference(read_preset(folder / CONFIG_FILE), config)
 
 
 @dataclass(frozen=True)
@@ -378,7 +364,7 @@ def plan_run(config: AppConfig) -> RunPlan:
     folder = Path(config.output.dir) / config.output.name
     if not (folder / CONFIG_FILE).is_file():
         return RunPlan(arm, config, "start")
-    difference = config_difference(folder, config)
+    difference = saved_config_difference(folder, config)
     if difference is not None:
         raise BenchError(
             f"{folder} holds a run of another configuration ({difference}); "

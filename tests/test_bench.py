@@ -593,7 +593,7 @@ def test_the_fleet_column_sums_each_runs_own_recorded_round_times(tmp_path):
 
 
 def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_is_at_its_default(tmp_path):
-    from simulations.bench import config_difference
+    from simulations.bench import saved_config_difference as config_difference
 
     shared = bench_preset(2).overrides
     config = method_config(shared, "prunefl", tmp_path)

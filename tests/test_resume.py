@@ -202,6 +202,29 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
         check_fits(checkpoint, other, layout)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_fits_while_the_setting_is_at_its_default(tmp_path):
+    from server.app import preflight
+
+    config = config_for(tmp_path, ["federation.rounds=2", "pruning.method=none"])
+    run_federation(InProcessGrid(client_app, 3), config)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    saved = checkpoint.state["config"]
+    del saved["federation.server-threads"]  # as written by a fedprune without that setting
+    layout = preflight(config)
+    check_fits(checkpoint, config, layout)
+    changed = config_for(
+        tmp_path, ["federation.rounds=2", "pruning.method=none", "federation.server-threads=2"]
+    )
+    with pytest.raises(RunError, match="federation.server-threads = None there, 2 now"):
+        check_fits(checkpoint, changed, layout)
+    # when the server evaluates changes no figure: a run may resume with the other setting
+    check_fits(
+        checkpoint,
+        config_for(tmp_path, ["federation.rounds=2", "pruning.method=none", "evaluate.overlap=false"]),
+        layout,
+    )
+
+
 DENSE = [
     "federation.rounds=4",
     "pruning.method=none",
