@@ -15,8 +15,10 @@ speed reaches all of them alike:
 ``prunefl``
     ``fedprune simulate`` with PruneFL at a fixed mask, in its steady state between
     reconfigurations: a short initial pruning on the server (two IP rounds, each
-    reconfiguring with ``max-removal`` 0.95 under ``max-density`` 0.13, before round
-    1 and outside the timed rounds) fixes the mask, and no reconfiguration falls in
+    reconfiguring with ``max-removal`` 1 - sqrt(0.13) under ``max-density`` 0.13,
+    before round 1 and outside the timed rounds) fixes the mask at density 0.13
+    (every layer at 0.13; before 2026-12-02 it was 0.006-0.036, sparser than
+    PruneFL's FEMNIST run at 0.17), and no reconfiguration falls in
     the run (``reconfig-interval`` past its last round). Every round trains the
     pruned model and adds the clients' importance to the sums they keep on their
     nodes, as 49 of every 50 rounds of PruneFL's FEMNIST schedule do (the upload
@@ -35,17 +37,23 @@ rounds, where training is the union of the clients' training intervals, as
 ``phases.csv`` counts it: :func:`simulations.bench.share_not_training`, the figure
 ``fedprune bench`` reports from ``phases.csv`` and judges its overhead target by.
 The table also gives the share with the evaluation counted (``1 - training / round``).
+fedprune evaluates round t while round t+1 trains (``evaluate.overlap``, its
+default; the last round waits for its own): its evaluation column is the time its
+rounds waited for an evaluation, the plain app's and the floor's the evaluation's
+whole time.
 Every run's per-round timings are written to ``<output>/<model>-timings.json``.
 
     python -m simulations.bench_overhead [--model digits|lenet5|conv2] [--rounds 12 --warmup 2 --repeats 2]
-        [--set wire.KEY=VALUE ...]
+        [--set wire.KEY=VALUE ...] [--set evaluate.overlap=false]
 
 prints a Markdown table and ends with exactly one line
 ``overhead: dense/flower=R1 prunefl/flower=R2 dense-not-training=P1% prunefl-not-training=P2%``.
 LeNet-5 needs MNIST and Conv-2 the FEMNIST sample under ``--data-dir``.
 ``--set wire.compression-level=0`` (any ``wire.*`` key, repeatable) changes how fedprune's
-two configurations write their messages, to time the wire format's share; nothing
-else can be set, so that the four configurations keep doing the same work.
+two configurations write their messages, to time the wire format's share;
+``--set evaluate.overlap=false`` has them evaluate each round before the next, as the
+plain app does. Nothing else can be set, so that the four configurations keep doing
+the same work.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -82,7 +91,8 @@ MODELS: dict[str, list[str]] = {
     ],
 }
 PRUNED_DENSITY = 0.13
-SETTABLE = ("wire.",)  # what --set may change: how messages are written, not the work done
+# what --set may change: how messages are written and when the server evaluates, not the work done
+SETTABLE = ("wire.", "evaluate.overlap")
 
 
 def overrides(
@@ -100,7 +110,9 @@ def overrides(
             "pruning.prunefl.ip-accuracy-factor=0",
             f"pruning.prunefl.reconfig-interval={rounds + 1}",  # none within the run: a fixed mask
             f"pruning.prunefl.max-density={PRUNED_DENSITY}",
-            "pruning.prunefl.max-removal=0.95",  # reach the density in the IP's reconfigurations
+            # at most 1 - sqrt(d) of each layer removed per IP reconfiguration: two of them
+            # leave every layer at least d, and max-density caps the model at d
+            f"pruning.prunefl.max-removal={1 - math.sqrt(PRUNED_DENSITY):.6f}",
         ],
     }.get(configuration, ["pruning.method=none"])
     return [
@@ -119,7 +131,7 @@ def overrides(
 
 
 def check_settable(extra: Sequence[str]) -> str | None:
-    """None if every ``--set`` is a valid ``wire.*`` override; else what is wrong with the first bad one."""
+    """None if every ``--set`` is a valid override of :data:`SETTABLE`, else what is wrong with the first."""
     from common.config import ConfigError, load_config
 
     for text in extra:
@@ -428,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         dest="extra",
         action="append",
         default=[],
-        metavar="wire.KEY=VALUE",
-        help="a wire setting of fedprune's dense and prunefl runs (repeatable): wire.compression-level=0",
+        metavar="KEY=VALUE",
+        help="a wire.* or evaluate.overlap setting of fedprune's dense and prunefl runs (repeatable)",
     )
     parser.add_argument("--one", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -63,9 +63,12 @@ def test_wire_settings_reach_fedprunes_runs_only(tmp_path):
         (["model.name=lenet5"], "model.name=lenet5"),  # changes the work: refused
         (["wire.compression-level"], "wire.compression-level"),  # no value
         (["wire.compression-level=99"], "99"),  # validated as fedprune validates it
+        (["evaluate.every=2"], "evaluate.every=2"),  # less evaluation is less work: refused
+        (["evaluate.overlap=sometimes"], "sometimes"),
     ],
 )
-def test_bad_wire_settings_are_named(extra, named):
+def test_bad_settings_are_named(extra, named):
     problem = check_settable(extra)
     assert problem is not None and named in problem
     assert check_settable(["wire.compression-level=0", "wire.values=bfloat16"]) is None
+    assert check_settable(["evaluate.overlap=false"]) is None
