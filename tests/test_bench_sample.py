@@ -28,15 +28,22 @@ def test_round_start_from_rounds_csv(tmp_path):
     assert round_start(tmp_path, 9) is None
 
 
-def busy_for(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+def busy_for(sampler: Sampler, seconds: float) -> None:
+    """Stay busy for ``seconds`` and until the sampler has caught this thread (60 s at most:
+    on a loaded machine the sampler's thread may not run for a while)."""
+    start = time.perf_counter()
+
+    def caught() -> bool:
+        return any(name == "worker" for _, name, _ in sampler.samples)
+
+    while time.perf_counter() < start + seconds or not caught():
+        if time.perf_counter() > start + 60:
+            break
 
 
 def test_the_sampler_sees_another_threads_stack():
-    worker = threading.Thread(target=busy_for, args=(0.3,), name="worker")
     with Sampler(0.01) as sampler:
+        worker = threading.Thread(target=busy_for, args=(sampler, 0.3), name="worker")
         worker.start()
         worker.join()
     total, counts = inclusive_counts(sampler.samples, "worker")
