@@ -35,9 +35,6 @@ class CentralEvaluator:
         self.loss_fn = make_loss(loss, dataset.num_classes)
         self._worker: ThreadPoolExecutor | None = None  # made on the first background evaluation
 
-    def __call__(self, global_model: GlobalModel) -> Evaluation:
-        return self._evaluate(global_model.layout, global_model.masked_floats(), global_model.ints)
-
     def start(self, global_model: GlobalModel, *, background: bool) -> Future[Evaluation]:
         """Evaluate ``global_model`` as it is now: at once, or in the worker thread if ``background``.
 

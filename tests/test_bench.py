@@ -593,17 +593,17 @@ def test_the_fleet_column_sums_each_runs_own_recorded_round_times(tmp_path):
 
 
 def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_is_at_its_default(tmp_path):
-    from simulations.bench import saved_config_difference as config_difference
+    from simulations.bench import saved_config_difference
 
     shared = bench_preset(2).overrides
     config = method_config(shared, "prunefl", tmp_path)
     older = {k: v for k, v in config.to_flat().items() if k != "federation.server-threads"}
     (tmp_path / "config.toml").write_text(config_toml(older))
-    assert config_difference(tmp_path, config) is None
+    assert saved_config_difference(tmp_path, config) is None
     changed = method_config({**shared, "federation.server-threads": 2}, "prunefl", tmp_path)
-    assert config_difference(tmp_path, changed) == "federation.server-threads = None there, 2 now"
+    assert saved_config_difference(tmp_path, changed) == "federation.server-threads = None there, 2 now"
     other = method_config({**shared, "train.lr": 0.2}, "prunefl", tmp_path)
-    assert "train.lr" in str(config_difference(tmp_path, other))
+    assert "train.lr" in str(saved_config_difference(tmp_path, other))
 
 
 def test_the_server_threads_setting_holds_for_the_server_and_not_beyond(monkeypatch):

@@ -77,7 +77,7 @@ def test_a_background_evaluation_sees_the_model_as_it_was_started(tmp_path):
     model = GlobalModel(layout, floats, ints, mask)
     evaluator = CentralEvaluator("digits-cnn", dataset, "cross-entropy")
     try:
-        expected = evaluator(model)
+        expected = evaluator.start(model, background=False).result()
         pending = evaluator.start(model, background=True)
         model.floats[:] = 0  # the next round changes the model at once
         assert pending.result() == expected
