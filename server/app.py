@@ -39,6 +39,7 @@ from common.pruning import MethodEnv
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
 
+from .arrivals import ArrivingReplies
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
@@ -199,6 +200,7 @@ def run_federation(
     cost = fleet.reference
 
     nodes = NodeBook(lazy=describes_lazily(config, grid), check_profile=fleet.refusal)
+    grid = ArrivingReplies(grid)  # replies decoded as they come, while others still train
     comm = CommunicationLog(results.communication_path, new_file=resume is None)
     messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)
@@ -444,24 +446,6 @@ def environment() -> dict[str, str]:
     }
 
 
-REPLY_POLL_INTERVAL_S = 0.005
-
-
-def poll_replies_promptly(grid: Grid) -> None:
-    """Let Flower's in-memory grid (simulation) look for replies every 5 ms, not every 100 ms.
-
-    ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` (0.1 s by default, a
-    constructor argument that ``run_simulation`` leaves at its default) between looks
-    at the link state, so a round waits 50 ms on average after its last reply before
-    the server sees it. A look is an in-memory query: at 5 ms it costs well under 1%
-    of a core. Flower offers no way to wake on arrival, and its simulation engine's
-    own look for new messages to deliver (every 0.1 s, in ``vce_api``) is not the
-    app's to change. A deployment's grid (gRPC) is left as it is.
-    """
-    if isinstance(grid, InMemoryGrid):
-        grid.pull_interval = REPLY_POLL_INTERVAL_S
-
-
 def build_server_app(
     config: AppConfig | None = None,
     on_finish: Callable[[RunSummary], None] | None = None,
@@ -479,7 +463,6 @@ def build_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        poll_replies_promptly(grid)
         keep_freed_memory()  # every reply's buffers reuse the last one's pages
         try:
             resolved = config if config is not None else AppConfig.from_flat(context.run_config)

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
 
 SERVER_PHASES = ("setup", "encode", "accounting", "decode", "aggregate", "reconfigure", "evaluate")
+WAITING = "waiting"  # for replies (:meth:`PhaseClock.waiting`): timed, but no phase of phases.csv
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,24 @@ class PhaseClock:
             if self._stack:
                 outer, _ = self._stack[-1]
                 self._stack[-1] = (outer, end)
+
+    def waiting(self, items: Iterable[T]) -> Iterator[T]:
+        """``items``, the time spent getting each one (waiting for a reply to arrive) timed as
+        :data:`WAITING`, so that it pauses the phase that consumes them.
+
+        Replies arrive one by one (:class:`server.arrivals.ArrivingReplies`) and are decoded
+        in between: the ``decode`` phase counts the decoding only.
+        """
+        iterator = iter(items)
+        while True:
+            with self.phase(WAITING):
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+
+
+_END = object()
 
 
 def union_length(intervals: Sequence[tuple[float, float]]) -> float:

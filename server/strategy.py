@@ -403,7 +403,7 @@ class PruningFedAvg(Strategy):
         """The phase's replies through the one accept loop (:func:`server.replies.collect_replies`)."""
         return collect_replies(
             self.exchanges[phase],
-            replies,
+            self.clock.waiting(replies),  # arriving one by one: the waits are no phase's time
             self.messenger,
             phase,
             decode,

@@ -524,7 +524,9 @@ class Overhead:
     def rest_s(self) -> float:
         """Wall time neither in local training nor in a timed server phase: clients' decoding and
         encoding outside others' training, messaging (Flower's serialisation, the SuperLink,
-        Ray), scheduling and waiting."""
+        Ray), scheduling and waiting. Server phases that run while clients train (replies
+        decoded as they arrive, :mod:`server.arrivals`) count in both, so this is a lower
+        bound and can come out negative."""
         return self.wall_s - self.training_wall_s - sum(self.server.values())
 
 

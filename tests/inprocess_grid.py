@@ -63,6 +63,7 @@ class InProcessGrid(Grid):
         }
         self.sent: list[Message] = []
         self.received: list[Message] = []
+        self.outbox: list[Message] = []  # replies pushed and not yet pulled
         self._run = Run.create_empty(RUN_ID)
 
     def set_run(self, run: Run) -> None:
@@ -78,15 +79,10 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("use send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("use send_and_receive")
-
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        """Deliver each message now and return the replies (tests override this to forge them)."""
         replies = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
@@ -99,4 +95,20 @@ class InProcessGrid(Grid):
             reply = through_wire(reply)
             self.received.append(reply)
             replies.append(reply)
+        return replies
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver ``messages`` through :meth:`send_and_receive`; the replies wait to be pulled.
+
+        Delivery is synchronous, so every reply that will ever come is waiting when
+        this returns: a message without one (dropped, or answered by a forged reply)
+        is answered by nothing, and a caller waits for it until its timeout.
+        """
+        messages = list(messages)
+        self.outbox.extend(self.send_and_receive(messages))
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Every waiting reply, whatever it claims to answer (a forged one may claim anything)."""
+        replies, self.outbox = self.outbox, []
         return replies

@@ -31,6 +31,8 @@ from tests.inprocess_grid import InProcessGrid, through_wire
 NODE = 100  # partition 0
 BASE = [
     "federation.rounds=1",
+    # the in-process grid has every reply as it delivers: one missing then never comes
+    "federation.round-timeout=0.5",
     "train.local-steps=2",
     "train.batch-size=16",
     "evaluate.server=false",

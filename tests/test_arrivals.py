@@ -1,0 +1,82 @@
+"""ArrivingReplies: the replies come out one pull at a time, and nothing is lost or waited for in vain."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from server.arrivals import DEPLOYMENT_INTERVAL_S, SIMULATION_INTERVAL_S, ArrivingReplies, pull_interval
+from server.phases import WAITING, PhaseClock
+from tests.inprocess_grid import InProcessGrid
+
+echo = ClientApp()
+
+
+@echo.train()
+def answer(message: Message, context: Context) -> Message:
+    return Message(RecordDict({"config": ConfigRecord({"node": context.node_id})}), reply_to=message)
+
+
+class OneReplyPerPull(InProcessGrid):
+    """A link on which a pull finds at most one reply (the others have not arrived yet)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pulls = 0
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        self.pulls += 1
+        first, self.outbox = self.outbox[:1], self.outbox[1:]
+        return first
+
+
+def messages(grid: InProcessGrid) -> list[Message]:
+    return [grid.create_message(RecordDict(), "train", node, "1") for node in grid.get_node_ids()]
+
+
+def test_each_reply_comes_out_as_its_pull_finds_it():
+    grid = OneReplyPerPull(echo, 3)
+    replies = ArrivingReplies(grid).send_and_receive(messages(grid), timeout=10)
+    assert len(grid.sent) == 3 and grid.pulls == 0  # pushed at once, nothing pulled yet
+    first = next(replies)
+    assert grid.pulls == 1 and len(grid.outbox) == 2  # handed over before the rest was pulled
+    rest = list(replies)
+    assert [r.content.config_records["config"]["node"] for r in [first, *rest]] == [100, 101, 102]
+    assert grid.pulls == 3  # it stops when every message has its reply, without another look
+
+
+def test_a_missing_reply_is_waited_for_until_the_timeout_only():
+    grid = InProcessGrid(echo, 3, drop=lambda m: m.metadata.dst_node_id == 101)
+    started = time.monotonic()
+    replies = list(ArrivingReplies(grid, interval=0.01).send_and_receive(messages(grid), timeout=0.2))
+    waited = time.monotonic() - started
+    assert [r.metadata.src_node_id for r in replies] == [100, 102]
+    assert 0.2 <= waited < 5  # the deadline, then one last look (the bound is loose: a busy machine)
+
+
+def test_a_reply_that_arrived_while_the_server_was_busy_is_still_collected():
+    grid = OneReplyPerPull(echo, 2)
+    replies = ArrivingReplies(grid, interval=0.01).send_and_receive(messages(grid), timeout=0.05)
+    next(replies)
+    time.sleep(0.1)  # decoding the first reply took the server past the deadline
+    assert [r.metadata.src_node_id for r in replies] == [101]
+
+
+def test_the_waits_pause_the_phase_that_consumes_the_replies():
+    clock = PhaseClock()
+
+    def slow():
+        for item in range(3):
+            time.sleep(0.02)
+            yield item
+
+    with clock.phase("decode"):
+        assert list(clock.waiting(slow())) == [0, 1, 2]
+    assert clock.seconds[WAITING] >= 0.06
+    assert clock.seconds["decode"] < clock.seconds[WAITING]
+
+
+def test_a_grid_other_than_the_simulations_is_pulled_every_tenth_of_a_second():
+    assert pull_interval(InProcessGrid(echo, 1)) == DEPLOYMENT_INTERVAL_S > SIMULATION_INTERVAL_S
