@@ -3,8 +3,8 @@
 Flower's grids collect a round's replies into one list and return it when the last
 has come (or the timeout has passed): the in-memory grid of a simulation looks for
 replies every ``pull_interval`` (0.1 s by default), the deployment's gRPC grid
-every 3 s. Until then the server does nothing, and afterwards it decodes,
-validates and adds up every reply one after the other while the clients do
+every 3 s. Until then the server does nothing, and afterwards it measures,
+decodes and validates every reply one after the other while the clients do
 nothing. :class:`ArrivingReplies` wraps any grid and makes ``send_and_receive``
 push the messages at once and return an iterator that yields each reply as soon
 as a pull finds it: the strategy's accept loop (:func:`server.replies.collect_replies`)
