@@ -200,7 +200,8 @@ def run_federation(
     cost = fleet.reference
 
     nodes = NodeBook(lazy=describes_lazily(config, grid), check_profile=fleet.refusal)
-    grid = ArrivingReplies(grid)  # replies decoded as they come, while others still train
+    # replies decoded as they come, while others still train (describes_lazily, above, looks at Flower's grid)
+    grid = ArrivingReplies(grid)
     comm = CommunicationLog(results.communication_path, new_file=resume is None)
     messenger = Messenger(model, nodes, comm, config.wire.format())
     task = task_for_run(config, layout)

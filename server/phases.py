@@ -28,6 +28,7 @@ SERVER_PHASES = ("setup", "encode", "accounting", "decode", "aggregate", "reconf
 WAITING = "waiting"  # for replies (:meth:`PhaseClock.waiting`): timed, but no phase of phases.csv
 
 T = TypeVar("T")
+_END = object()  # what PhaseClock.waiting's iterator gives when it is exhausted
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,6 @@ class PhaseClock:
             if item is _END:
                 return
             yield item  # type: ignore[misc]
-
-
-_END = object()
 
 
 def union_length(intervals: Sequence[tuple[float, float]]) -> float:

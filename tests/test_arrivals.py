@@ -53,7 +53,7 @@ def test_a_missing_reply_is_waited_for_until_the_timeout_only():
     replies = list(ArrivingReplies(grid, interval=0.01).send_and_receive(messages(grid), timeout=0.2))
     waited = time.monotonic() - started
     assert [r.metadata.src_node_id for r in replies] == [100, 102]
-    assert 0.2 <= waited < 5  # the deadline, then one last look (the bound is loose: a busy machine)
+    assert waited >= 0.2  # it ended at a look after the deadline, not before
 
 
 def test_a_reply_that_arrived_while_the_server_was_busy_is_still_collected():
@@ -72,10 +72,12 @@ def test_the_waits_pause_the_phase_that_consumes_the_replies():
             time.sleep(0.02)
             yield item
 
+    started = time.perf_counter()
     with clock.phase("decode"):
         assert list(clock.waiting(slow())) == [0, 1, 2]
-    assert clock.seconds[WAITING] >= 0.06
-    assert clock.seconds["decode"] < clock.seconds[WAITING]
+    elapsed = time.perf_counter() - started
+    assert clock.seconds[WAITING] >= 0.06  # the three sleeps happened while getting the items
+    assert clock.seconds["decode"] <= elapsed - 0.06  # and none of them counts as decoding
 
 
 def test_a_grid_other_than_the_simulations_is_pulled_every_tenth_of_a_second():
