@@ -312,8 +312,19 @@ def restore(strategy: PruningFedAvg, results: ResultsWriter, checkpoint: Checkpo
 
 # A results folder may be moved before resuming, and the run that resumes it names it;
 # federation.describe says when nodes are described, not which ones train (server/nodes.py);
-# evaluate.overlap says when the server evaluates, not what (server/evaluation.py).
-RELOCATABLE_KEYS = ("output.dir", "output.name", "output.resume", "federation.describe", "evaluate.overlap")
+# evaluate.overlap says when the server evaluates, not what (server/evaluation.py);
+# pruning.rethinking.source is the folder of the run whose final mask a rethinking run
+# started from, which moves with the results (a claim's committed runs, on another
+# checkout): the source run is compared by its own configuration, and the mask it gave
+# is the rethinking run's own (its checkpoints and mask.npz).
+RELOCATABLE_KEYS = (
+    "output.dir",
+    "output.name",
+    "output.resume",
+    "federation.describe",
+    "evaluate.overlap",
+    "pruning.rethinking.source",
+)
 
 
 def config_difference(saved: Mapping[str, object], config: AppConfig) -> str | None:

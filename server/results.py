@@ -19,6 +19,7 @@ file                       content
 ``model.npz``              the final effective model (pruned weights zero),
                            one array per state tensor
 ``mask.npz``               the final mask, one bool array per prunable tensor
+                           (compressed: a claim's runs commit it)
 ``partitions.json``        samples and label histogram per client, as the
                            nodes reported them (:mod:`server.partition_report`)
 ``partitions.png``         a plot of it: training samples by class per client
@@ -248,7 +249,7 @@ class ResultsWriter:
         state = layout.unflatten(np.where(mask, floats, np.float32(0)), ints)
         np.savez(self.folder / MODEL_FILE, **{name: t.numpy() for name, t in state.items()})
         masks = {t.name: mask[t.slice].reshape(t.shape) for t in layout.prunable}
-        np.savez(self.folder / MASK_FILE, **masks)
+        np.savez_compressed(self.folder / MASK_FILE, **masks)  # tens of kB: a claim's runs commit it
 
 
 def read_rounds(folder: Path) -> list[dict[str, str]]:

@@ -1145,7 +1145,9 @@ def step_times(spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], repeats: 
     The physically smaller model (:mod:`common.pruning.shrink`) of the final channel mask
     against the dense model, one forward-backward-update step on a batch of
     ``train.batch-size`` random inputs, one torch thread (a simulated client's), median
-    of ``repeats`` after 3 warm-up steps. Measured when the report is written.
+    of ``repeats`` after 3 warm-up steps. Measured when the report is written, from the
+    run's ``mask.npz`` alone (a step's time depends on the kept channels, not on the
+    weights' values), so that committed runs are timed on any machine.
     """
     import os
 
@@ -1166,13 +1168,11 @@ def step_times(spec: ClaimSpec, runs: dict[int, dict[str, RunRecord]], repeats: 
         shape = tuple(source.input_shape)
         model = build_model(run.config.model.name, source.num_classes, shape, seed=0)
         layout = ModelLayout.from_model(model)
-        final = load_source(str(run.folder), layout)
-        _, ints = layout.flatten(model.state_dict())
+        final = load_source(str(run.folder), layout, weights=False)
+        floats, ints = layout.flatten(model.state_dict())
         structure = structure_for(run.config.model.name, source.num_classes, shape)
         example = torch.zeros(1, *shape)
-        small = shrink_model(
-            model, layout, final.floats, ints, removable_channels(structure, final.mask), example
-        )
+        small = shrink_model(model, layout, floats, ints, removable_channels(structure, final.mask), example)
         generator = torch.Generator().manual_seed(0)
         batch = run.config.train.batch_size
         inputs = torch.randn(batch, *shape, generator=generator)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -307,6 +308,15 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     calls.clear()
     run_claim(claim, (0, 1), [], tmp_path / "out", runner, "again")
     assert calls == []  # every run reused
+
+    # what git keeps of the runs (.gitignore: no checkpoints, model files or run plots), on
+    # another machine: reused, scratch-b's source read from its mask, the shrunk model timed
+    committed = tmp_path / "clone"
+    shutil.copytree(
+        tmp_path / "out", committed, ignore=shutil.ignore_patterns("checkpoints", "model.npz", "*.png")
+    )
+    text = run_claim(claim, (0, 1), [], committed, runner, "on a clone").read_text()
+    assert calls == [] and "Measured training step of `l1`'s final client model" in text
 
     # --report-only: the report of the runs there, with a seed that has not run, nothing run
     from simulations.reproduce import report_claim

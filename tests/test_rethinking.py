@@ -91,6 +91,19 @@ def test_scratch_b_scales_the_rounds_by_the_flops_ratio_with_a_cap(source):
     assert _method(source, "scratch-e").planned_rounds(10) == 10
 
 
+def test_only_finetuning_needs_the_source_runs_weights(source):
+    """A committed run keeps its mask, not its model: every regime but finetune starts from it."""
+    (source / "model.npz").unlink()
+    for regime in ("scratch-e", "scratch-b", "lottery", "random-reinit"):
+        method = _method(source, regime)
+        result = method.initial_mask(
+            np.zeros(_env().layout.num_floats, np.float32), _env().layout.full_mask(), None
+        )
+        np.testing.assert_array_equal(result.mask, method.source.mask)
+    with pytest.raises(ConfigError, match="model.npz"):
+        _ = _method(source, "finetune").source
+
+
 def test_a_source_that_does_not_fit_is_a_config_error(source, tmp_path):
     with pytest.raises(ConfigError, match="pruning.rethinking.source"):
         _ = _method(tmp_path / "nowhere", "finetune").source

@@ -2,8 +2,9 @@
 
 Liu, Sun, Zhou, Huang and Darrell, "Rethinking the Value of Network Pruning", ICLR
 2019; Frankle and Carbin, "The Lottery Ticket Hypothesis", ICLR 2019. The mask of
-a finished run (its results folder: ``mask.npz``, ``model.npz``, ``config.toml``,
-read with ``allow_pickle=False``) is fixed for a new run, started by ``regime``:
+a finished run (its results folder: ``mask.npz``, ``config.toml`` and, for
+``finetune``, ``model.npz``, read with ``allow_pickle=False``) is fixed for a new
+run, started by ``regime``:
 
 * ``finetune``: the inherited weights (the run's final model);
 * ``scratch-e``: a new random initialisation, trained for the configured rounds;
@@ -65,40 +66,58 @@ class RethinkingSettings(MethodSettings):
 
 @dataclass(frozen=True)
 class SourceRun:
-    """What a finished run left: its final mask and model, its model name and seed."""
+    """What a finished run left: its final mask and model (when read), its model name and seed."""
 
     mask: np.ndarray
-    floats: np.ndarray
+    floats: np.ndarray | None  # None when read without its weights
     model: str
     seed: int
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The final model's floats; only a source read with ``weights=True`` has them."""
+        if self.floats is None:
+            raise ValueError("this source run was read without its weights (model.npz)")
+        return self.floats
 
 
 def _error(field: str, value: object, allowed: str) -> ConfigError:
     return ConfigError(key_name(RethinkingSettings.PREFIX, field), value, allowed)
 
 
-def load_source(folder: str, layout: ModelLayout) -> SourceRun:
-    """Read a results folder's mask, model and config, checked against ``layout``."""
+def load_source(folder: str, layout: ModelLayout, weights: bool = True) -> SourceRun:
+    """Read a results folder's mask, config and (``weights``) model, checked against ``layout``.
+
+    Only fine-tuning needs the final weights; every other regime, and the step time of
+    a shrunk model, needs the mask alone, which a claim's committed runs keep
+    (``model.npz`` is not committed).
+    """
     path = Path(folder).expanduser()
-    missing = [name for name in (MASK_FILE, MODEL_FILE, CONFIG_FILE) if not (path / name).is_file()]
+    needed = (MASK_FILE, CONFIG_FILE, MODEL_FILE) if weights else (MASK_FILE, CONFIG_FILE)
+    missing = [name for name in needed if not (path / name).is_file()]
     if not folder or missing:
         raise _error(
             "source", folder, f"a finished run's results folder (missing: {missing or 'the folder'})"
         )
     try:
         config = flatten(tomllib.loads((path / CONFIG_FILE).read_text(encoding="utf-8")))
-        masks = np.load(path / MASK_FILE, allow_pickle=False)
-        model = np.load(path / MODEL_FILE, allow_pickle=False)
-        mask = layout.full_mask()
-        floats = np.zeros(layout.num_floats, dtype=np.float32)
-        for t in layout.tensors:
-            if t.prunable:
+        with np.load(path / MASK_FILE, allow_pickle=False) as masks:
+            mask = layout.full_mask()
+            for t in layout.prunable:
                 mask[t.slice] = _array(masks, t.name, t.shape, np.bool_).reshape(-1)
-            if t.is_float:
-                floats[t.slice] = _array(model, t.name, t.shape, np.float32).reshape(-1)
+        floats = _read_floats(path / MODEL_FILE, layout) if weights else None
     except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
         raise _error("source", folder, f"a readable results folder of this model ({exc})") from exc
     return SourceRun(mask, floats, str(config.get("model.name", "")), int(config.get("federation.seed", 0)))
+
+
+def _read_floats(path: Path, layout: ModelLayout) -> np.ndarray:
+    floats = np.zeros(layout.num_floats, dtype=np.float32)
+    with np.load(path, allow_pickle=False) as model:
+        for t in layout.tensors:
+            if t.is_float:
+                floats[t.slice] = _array(model, t.name, t.shape, np.float32).reshape(-1)
+    return floats
 
 
 def _array(archive: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -134,7 +153,9 @@ class Rethinking(StructuredPruning):
 
     @cached_property
     def source(self) -> SourceRun:
-        source = load_source(self.settings.source, self.env.layout)
+        source = load_source(
+            self.settings.source, self.env.layout, weights=self.settings.regime == "finetune"
+        )
         if self.env.model and source.model and source.model != self.env.model:
             raise _error(
                 "source", self.settings.source, f"a run of model {self.env.model!r}, not {source.model!r}"
@@ -162,7 +183,7 @@ class Rethinking(StructuredPruning):
         s, env, source = self.settings, self.env, self.source
         new_mask = source.mask & mask
         if s.regime == "finetune":
-            start = source.floats
+            start = source.weights
         elif s.regime == "lottery":
             start = self._initialisation(source.seed)
         elif s.regime == "random-reinit":
