@@ -94,11 +94,10 @@ def test_scratch_b_scales_the_rounds_by_the_flops_ratio_with_a_cap(source):
 def test_only_finetuning_needs_the_source_runs_weights(source):
     """A committed run keeps its mask, not its model: every regime but finetune starts from it."""
     (source / "model.npz").unlink()
+    layout = _env().layout
     for regime in ("scratch-e", "scratch-b", "lottery", "random-reinit"):
         method = _method(source, regime)
-        result = method.initial_mask(
-            np.zeros(_env().layout.num_floats, np.float32), _env().layout.full_mask(), None
-        )
+        result = method.initial_mask(np.zeros(layout.num_floats, np.float32), layout.full_mask(), None)
         np.testing.assert_array_equal(result.mask, method.source.mask)
     with pytest.raises(ConfigError, match="model.npz"):
         _ = _method(source, "finetune").source
