@@ -52,6 +52,7 @@ import numpy as np
 from .layout import ModelLayout
 
 PROFILE_PACKAGE = "common.profiles"
+PROFILE_KEY = "cost.profile"  # the configuration key that names the reference device's profile
 PROFILE_KINDS = ("published", "measured", "derived")
 
 
@@ -130,6 +131,25 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"device profile {name_or_path!r} is not valid TOML: {exc}") from exc
     return parse_profile(data, name_or_path)
+
+
+def same_profile(saved: str, current: str) -> bool:
+    """Whether the ``cost.profile`` a run was saved with names the profile ``current`` names.
+
+    A bundled profile is known by its name. A profile file is known by its file name and
+    its contents: a results folder moves with the checkout its profile file is in (a
+    claim's committed runs, read on another clone), so the saved path may differ from
+    today's, or be gone. Files of one name whose contents differ, where both are still
+    there, are two profiles.
+    """
+    if saved == current:
+        return True
+    before, now = Path(saved), Path(current)
+    if before.suffix != ".toml" or now.suffix != ".toml" or before.name != now.name:
+        return False
+    if before.is_file() and now.is_file():
+        return before.read_bytes() == now.read_bytes()
+    return True
 
 
 def parse_profile(data: dict, where: str) -> DeviceProfile:

@@ -29,7 +29,7 @@ from flwr.superlink.grid import InMemoryGrid
 
 from common.allocator import keep_freed_memory
 from common.config import DATA_DIR_ENV, AppConfig
-from common.cost_model import CostModel
+from common.cost_model import PROFILE_KEY, CostModel, same_profile
 from common.data import DATASETS, load_dataset
 from common.device import cpu_threads, cuda_available, resolve_device
 from common.layout import ModelLayout
@@ -330,7 +330,8 @@ RELOCATABLE_KEYS = (
 def config_difference(saved: Mapping[str, object], config: AppConfig) -> str | None:
     """None if a run saved with the flat configuration ``saved`` is a run of ``config``, else how not.
 
-    Keys of :data:`RELOCATABLE_KEYS` may differ. A key the saved run predates (a
+    Keys of :data:`RELOCATABLE_KEYS` may differ, and ``cost.profile`` may name the same
+    profile file at another path (:func:`common.cost_model.same_profile`). A key the saved run predates (a
     setting added to fedprune since) is no difference while it is at its default
     now: settings are added with defaults that keep what fedprune did before them.
     """
@@ -338,6 +339,8 @@ def config_difference(saved: Mapping[str, object], config: AppConfig) -> str | N
     defaults = AppConfig.from_flat({"pruning.method": config.pruning.method}).to_flat()
     for key in sorted(set(saved) | set(current)):
         if key in RELOCATABLE_KEYS or saved.get(key) == current.get(key):
+            continue
+        if key == PROFILE_KEY and same_profile(str(saved.get(key)), str(current.get(key))):
             continue
         if key not in saved and key in defaults and current[key] == defaults[key]:
             continue

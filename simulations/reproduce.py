@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.config import AppConfig, with_method
+from common.cost_model import PROFILE_KEY
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.checkpoint import Checkpoint
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 
 CLAIMS_PACKAGE = "simulations.claims"
 SOURCE_KEY = "pruning.rethinking.source"
-PROFILE_KEY = "cost.profile"
 REINIT_KEY = "pruning.rethinking.reinit-seed"
 REINIT_OFFSET = 1000  # scratch runs of seed s draw their new initialisation from seed 1000 + s
 

@@ -606,6 +606,30 @@ def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_is_at_i
     assert "train.lr" in str(saved_config_difference(tmp_path, other))
 
 
+def test_a_run_moved_with_its_profile_file_is_still_a_run_of_that_profile(tmp_path):
+    """A profile file is known by its name and contents, not its path: a claim's committed
+    runs name the checkout they ran in, and are read on another clone."""
+    from server.app import config_difference
+
+    profile = (Path(__file__).parents[1] / "common" / "profiles" / "x86-2core-sandbox.toml").read_text()
+    there, here = tmp_path / "there" / "claims.toml", tmp_path / "here" / "claims.toml"
+    for path in (there, here):
+        path.parent.mkdir()
+        path.write_text(profile)
+    shared = bench_preset(2).overrides
+    saved = method_config({**shared, "cost.profile": str(there)}, "prunefl", tmp_path).to_flat()
+    config = method_config({**shared, "cost.profile": str(here)}, "prunefl", tmp_path)
+    assert config_difference(saved, config) is None
+    here.write_text(profile + "\n# measured again\n")
+    assert "cost.profile" in str(config_difference(saved, config))
+    there.unlink()  # the saved checkout is gone: the file name is what is left to go by
+    assert config_difference(saved, config) is None
+    other = method_config({**shared, "cost.profile": str(tmp_path / "here" / "x.toml")}, "prunefl", tmp_path)
+    assert "cost.profile" in str(config_difference(saved, other))
+    bundled = method_config(shared, "prunefl", tmp_path)
+    assert "cost.profile" in str(config_difference(saved, bundled))
+
+
 def test_the_server_threads_setting_holds_for_the_server_and_not_beyond(monkeypatch):
     """fedprune simulate runs the ServerApp with federation.server-threads torch threads (0: a
     client's), and the caller's own count is back afterwards."""
