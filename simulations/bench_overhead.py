@@ -1,8 +1,8 @@
 """fedprune's round time against a plain Flower app doing the same work, and the compute floor.
 
-Four configurations run the same model, data, partitions, batches, clients, local
+Five configurations run the same model, data, partitions, batches, clients, local
 steps and server-side evaluation (every round, on the whole test split), each in a
-fresh process, interleaved (A, B, C, D, A, B, ...) so that a drift of the machine's
+fresh process, interleaved (A, B, C, D, E, A, B, ...) so that a drift of the machine's
 speed reaches all of them alike:
 
 ``flower``
@@ -26,7 +26,14 @@ speed reaches all of them alike:
 ``floor``
     the compute alone, no Flower: the same local steps of every client in a pool of
     worker processes (one per CPU), the sample-weighted mean, the same evaluation;
-    the workers keep freed memory as fedprune's processes do (:mod:`common.allocator`).
+    the workers keep freed memory as fedprune's processes do (:mod:`common.allocator`);
+``floor-pruned``
+    the same floor at density 0.13, the reference for ``prunefl``'s share: every
+    prunable layer keeps its 13% largest initial weights (a fixed mask, as
+    ``prunefl``'s), the clients train under the mask and only the kept values travel
+    to and from the workers and are averaged. It computes no importance statistic
+    (PruneFL's clients add one to their training), so its training is a little shorter
+    than ``prunefl``'s and its share a little higher.
 
 Round wall times are measured: by the plain app from its evaluation callback
 (rounds end when it runs), by fedprune from ``rounds.csv``, by the floor around
@@ -52,7 +59,7 @@ LeNet-5 needs MNIST and Conv-2 the FEMNIST sample under ``--data-dir``.
 ``--set wire.compression-level=0`` (any ``wire.*`` key, repeatable) changes how fedprune's
 two configurations write their messages, to time the wire format's share;
 ``--set evaluate.overlap=false`` has them evaluate each round before the next, as the
-plain app does. Nothing else can be set, so that the four configurations keep doing
+plain app does. Nothing else can be set, so that the configurations keep doing
 the same work.
 """
 
@@ -61,6 +68,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -75,7 +83,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGURATIONS = ("flower", "dense", "prunefl", "floor")
+CONFIGURATIONS = ("flower", "dense", "prunefl", "floor", "floor-pruned")
 FEDPRUNE = ("dense", "prunefl")  # the configurations --set applies to
 MODELS: dict[str, list[str]] = {
     "digits": [],  # the default run: digits-cnn on scikit-learn's digits, 10 clients
@@ -145,10 +153,11 @@ def check_settable(extra: Sequence[str]) -> str | None:
     return None
 
 
-def train_client(model, layout, spec, data_dir: Path | None, num_partitions: int, partition: int):  # noqa: ANN001, ANN201
-    """One client's local round as fedprune's ClientApp runs it, dense: (result, start, end) in Unix time.
+def train_client(model, layout, spec, data_dir: Path | None, num_partitions: int, partition: int, mask=None):  # noqa: ANN001, ANN201
+    """One client's local round as fedprune's ClientApp runs it: (result, start, end) in Unix time.
 
-    The batches are the ClientApp's: seeded by (seed, round, partition).
+    Dense unless ``mask`` is given. The batches are the ClientApp's: seeded by
+    (seed, round, partition).
     """
     from common.data import DATASETS
     from common.task import client_data
@@ -160,7 +169,7 @@ def train_client(model, layout, spec, data_dir: Path | None, num_partitions: int
     result = train_locally(
         model,
         layout,
-        layout.full_mask(),
+        layout.full_mask() if mask is None else mask,
         data.train.batches(spec.batch_size, seed),
         spec.local_steps,
         SgdSettings(spec.lr, spec.momentum, spec.weight_decay),
@@ -299,7 +308,19 @@ def run_fedprune(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConf
 _WORKER: dict = {}
 
 
-def _floor_init(flat: dict) -> None:
+def floor_mask(layout, floats: np.ndarray, density: float) -> np.ndarray:  # noqa: ANN001 - ModelLayout
+    """A mask keeping each prunable tensor's ``ceil(density * size)`` largest ``floats``, the rest whole."""
+    mask = layout.full_mask()
+    for tensor in layout.prunable:
+        values = np.abs(floats[tensor.slice])
+        keep = math.ceil(density * tensor.size)
+        kept = np.zeros(tensor.size, dtype=bool)
+        kept[np.argpartition(values, tensor.size - keep)[tensor.size - keep :]] = True
+        mask[tensor.slice] = kept
+    return mask
+
+
+def _floor_init(flat: dict, mask: np.ndarray | None) -> None:
     import torch
 
     from common.allocator import keep_freed_memory
@@ -316,24 +337,41 @@ def _floor_init(flat: dict) -> None:
     model = build_model(config.model.name, dataset.num_classes, dataset.input_shape)
     layout = ModelLayout.from_model(model)
     _WORKER.update(
-        config=config, dataset=dataset, model=model, layout=layout, task=task_for_run(config, layout)
+        config=config,
+        dataset=dataset,
+        model=model,
+        layout=layout,
+        task=task_for_run(config, layout),
+        mask=mask,
     )
+    if mask is not None:
+        _WORKER.update(kept=np.flatnonzero(mask), floats=np.zeros(layout.num_floats, dtype=np.float32))
 
 
-def _floor_train(partition: int, server_round: int, floats: np.ndarray, ints: np.ndarray) -> tuple:
+def _floor_train(partition: int, server_round: int, values: np.ndarray, ints: np.ndarray) -> tuple:
+    """One client's round in a worker: ``values`` are the floats, or the kept ones under a mask."""
     from common.training import load_flat
 
-    config, model, layout = (_WORKER[k] for k in ("config", "model", "layout"))
+    config, model, layout, mask = (_WORKER[k] for k in ("config", "model", "layout", "mask"))
     spec = dataclasses.replace(_WORKER["task"], server_round=server_round)
+    if mask is None:
+        floats = values
+    else:
+        floats, kept = _WORKER["floats"], _WORKER["kept"]
+        floats[kept] = values
     load_flat(model, layout, floats, ints)
     data_dir, clients = config.data.resolved_dir(), config.simulation.num_clients
-    result, started, ended = train_client(model, layout, spec, data_dir, clients, partition)
+    result, started, ended = train_client(model, layout, spec, data_dir, clients, partition, mask)
     trained, new_ints = layout.flatten(model.state_dict())
-    return trained, new_ints, result.samples, started, ended
+    sent = trained if mask is None else trained[_WORKER["kept"]]
+    return sent, new_ints, result.samples, started, ended
 
 
-def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig, imported late
-    """The same local steps and evaluation with no Flower: a process pool, one worker per CPU."""
+def run_floor(config, timings: list[dict], density: float = 1.0) -> None:  # noqa: ANN001 - AppConfig, imported late
+    """The same local steps and evaluation with no Flower: a process pool, one worker per CPU.
+
+    Below ``density`` 1, under :func:`floor_mask` of the initial weights, moving the kept values only.
+    """
     from common.data import load_dataset
     from common.layout import ModelLayout
     from common.models import build_model
@@ -347,17 +385,22 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
     )
     layout = ModelLayout.from_model(model)
     floats, ints = layout.flatten(model.state_dict())
+    mask = floor_mask(layout, floats, density) if density < 1 else None
+    kept = None if mask is None else np.flatnonzero(mask)
+    if kept is not None:
+        floats = np.where(mask, floats, np.float32(0))  # the model evaluated: 0 where pruned
+    values = floats if kept is None else floats[kept]
     evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
     workers = min(
         config.simulation.num_clients, max(1, int((os.cpu_count() or 1) / config.simulation.client_cpus))
     )
-    total = np.empty(layout.num_floats, dtype=np.float64)  # the weighted sum, allocated once
+    total = np.empty(len(values), dtype=np.float64)  # the weighted sum, allocated once
     term = np.empty_like(total)
-    with ProcessPoolExecutor(workers, initializer=_floor_init, initargs=(config.to_flat(),)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_floor_init, initargs=(config.to_flat(), mask)) as pool:
         for server_round in range(1, config.federation.rounds + 1):
             started = time.monotonic()
             futures = [
-                pool.submit(_floor_train, p, server_round, floats, ints)
+                pool.submit(_floor_train, p, server_round, values, ints)
                 for p in range(config.simulation.num_clients)
             ]
             results = [f.result() for f in futures]
@@ -366,7 +409,11 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
             for result, weight in zip(results, weights / weights.sum(), strict=True):
                 np.multiply(result[0], weight, out=term)
                 total += term
-            floats = total.astype(np.float32)
+            values = total.astype(np.float32)
+            if kept is None:
+                floats = values
+            else:
+                floats[kept] = values  # the pruned weights stay 0 in the evaluated model
             ints = results[-1][1]
             evaluated = time.monotonic()
             load_flat(evaluator.model, layout, floats, ints)
@@ -378,11 +425,18 @@ def run_floor(config, timings: list[dict]) -> None:  # noqa: ANN001 - AppConfig,
                     "wall_s": ended - started,
                     "evaluate_s": ended - evaluated,
                     "training_s": union_length([(r[3], r[4]) for r in results]),
+                    "density": 1.0 if mask is None else layout.density(mask),
                 }
             )
 
 
-RUNNERS = {"flower": run_flower, "dense": run_fedprune, "prunefl": run_fedprune, "floor": run_floor}
+RUNNERS = {
+    "flower": run_flower,
+    "dense": run_fedprune,
+    "prunefl": run_fedprune,
+    "floor": run_floor,
+    "floor-pruned": functools.partial(run_floor, density=PRUNED_DENSITY),
+}
 
 
 def run_one(

@@ -72,3 +72,21 @@ def test_bad_settings_are_named(extra, named):
     assert problem is not None and named in problem
     assert check_settable(["wire.compression-level=0", "wire.values=bfloat16"]) is None
     assert check_settable(["evaluate.overlap=false"]) is None
+
+
+def test_the_pruned_floor_keeps_each_prunable_tensors_largest_weights():
+    """floor-pruned's mask, by hand: ceil(0.25 * 6) = 2 of the weight's 6 kept, the bias whole."""
+    import numpy as np
+    from torch import nn
+
+    from common.layout import ModelLayout
+    from simulations.bench_overhead import floor_mask
+
+    layout = ModelLayout.from_model(nn.Linear(3, 2))
+    weight = next(t for t in layout.tensors if t.name == "weight")
+    assert [t.name for t in layout.prunable] == ["weight"]
+    floats = np.zeros(layout.num_floats, dtype=np.float32)
+    floats[weight.slice] = [0.1, -0.9, 0.3, 0.5, -0.2, 0.0]
+    mask = floor_mask(layout, floats, 0.25)
+    assert mask[weight.slice].tolist() == [False, True, False, True, False, False]
+    assert mask.sum() == 2 + 2  # and the two biases
