@@ -1199,6 +1199,11 @@ def _mean_cell(results: dict[int, ArmResult], attribute: str, seeds: Sequence[in
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _percent(fraction: float) -> str:
+    """An accuracy (a fraction) in percent, as the papers give theirs."""
+    return "n/a" if math.isnan(fraction) else f"{100 * fraction:.2f}%"
+
+
 def claim_table_markdown(
     spec: ClaimSpec, methods: dict[str, str], results: dict[str, dict[int, ArmResult]], seeds: Sequence[int]
 ) -> str:
@@ -1415,8 +1420,9 @@ def claim_markdown(
         *["  " + judgement_line(j, names) for j in judgements],
     ]
     if spec.paper_accuracy:
+        means = {label: seed_mean(results.get(label, {}), "final_accuracy", seeds) for label in results}
         figures = ", ".join(
-            f"`{label}` {value:.2f}% (fedprune {_mean_cell(results.get(label, {}), 'final_accuracy', seeds)})"
+            f"`{label}` {value:.2f}% (fedprune {_percent(means.get(label, math.nan))})"
             for label, value in spec.paper_accuracy.items()
         )
         lines.append(f"  - The paper's accuracies beside fedprune's means: {figures}.")

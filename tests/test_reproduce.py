@@ -191,7 +191,11 @@ def test_the_report_opens_with_the_answer():
     text = claim_markdown(
         "fedprune reproduce x",
         ClaimSpec(
-            paper="the paper's figure", criteria=(criterion,), scaled="smaller model", differs="federated"
+            paper="the paper's figure",
+            criteria=(criterion,),
+            scaled="smaller model",
+            differs="federated",
+            paper_accuracy={"a": 93.41},
         ),
         {"a": "gibbs", "b": "magnitude"},
         table,
@@ -210,6 +214,7 @@ def test_the_report_opens_with_the_answer():
     assert text.index("## Answer") < text.index("## Table") < text.index("## Plots") < text.index("## Set-up")
     assert "What differs from the paper" in text and "fedprune commit: abc" in text
     assert "| `a` (gibbs) | 0.9000 | 0.9100 | **0.9050** |" in text
+    assert "`a` 93.41% (fedprune 90.50%)" in text  # the paper's unit beside fedprune's
 
 
 # -- the command line --------------------------------------------------------------------------
