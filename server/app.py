@@ -331,9 +331,10 @@ def config_difference(saved: Mapping[str, object], config: AppConfig) -> str | N
     """None if a run saved with the flat configuration ``saved`` is a run of ``config``, else how not.
 
     Keys of :data:`RELOCATABLE_KEYS` may differ, and ``cost.profile`` may name the same
-    profile file at another path (:func:`common.cost_model.same_profile`). A key the saved run predates (a
-    setting added to fedprune since) is no difference while it is at its default
-    now: settings are added with defaults that keep what fedprune did before them.
+    profile file at another path (:func:`common.cost_model.same_profile`). A key the
+    saved run predates (a setting added to fedprune since) is no difference while it is
+    at its default now: settings are added with defaults that keep what fedprune did
+    before them.
     """
     current = config.to_flat()
     defaults = AppConfig.from_flat({"pruning.method": config.pruning.method}).to_flat()
