@@ -24,6 +24,7 @@ latest checkpoint (:func:`simulations.bench.plan_run`), and the report
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from common.cost_model import PROFILE_KEY
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.checkpoint import Checkpoint
+from server.results import SUMMARY_FILE
 from simulations.bench import (
     RUNS_DIR,
     BenchError,
@@ -338,6 +340,24 @@ def report_claim(
     return write_claim_report(into or report_dir, claim, folders, command, environment(), notes, full=full)
 
 
+def runs_commits(folders: dict[int, dict[str, Path]]) -> str:
+    """Which fedprune commit ran which run (each run's ``summary.json``): "c1 (seed 0 a, seed 1 b); c2 (...)".
+
+    A claim's runs may come from several sessions and checkouts; the report's own
+    commit is only the one that wrote it.
+    """
+    by_commit: dict[str, list[str]] = {}
+    for seed, by_label in folders.items():
+        for label, folder in by_label.items():
+            try:
+                summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+                commit = str(summary.get("environment", {}).get("fedprune", "unknown"))
+            except (OSError, ValueError, AttributeError):
+                commit = "not finished"
+            by_commit.setdefault(commit, []).append(f"seed {seed} {label}")
+    return "; ".join(f"{commit} ({', '.join(runs)})" for commit, runs in by_commit.items()) or "none"
+
+
 def write_claim_report(
     report_dir: Path,
     claim: Claim,
@@ -379,6 +399,7 @@ def write_claim_report(
             f"### Seed {seed}\n\n" + markdown_table(rows, [], claim.bench.target) + "\n\n"
             "Share of the rounds' wall time per phase (measured):\n\n" + overhead_markdown(overheads)
         )
+    env = {**env, "Runs' fedprune commits": runs_commits(folders)}
     title = f"fedprune reproduce {claim.name}" + (" --full" if full else "")
     text = claim_markdown(
         title,

@@ -295,6 +295,10 @@ def test_a_tiny_claim_runs_two_seeds_reuses_its_runs_and_judges_the_mean(tmp_pat
     assert calls == [(a, s) for s in (0, 1) for a in ("none", "magnitude", "l1", "scratch-b")]
     text = report.read_text()
     assert "## Answer" in text and "**PASS**" in text and "fedprune reproduce tiny.toml" in text
+    from common.provenance import git_commit
+
+    # which commit ran which run, from the runs' own summaries (here: all of them this checkout)
+    assert f"Runs' fedprune commits: {git_commit()} (seed 0 none, seed 0 magnitude" in text
     # the shrunk client model of the L1-filter run (half of every group's channels) is timed
     assert "Measured training step of `l1`'s final client model (seed 0, batch 32, one thread)" in text
     # scratch-B trains min(2, FLOPs ratio) x the configured round: 2 rounds
