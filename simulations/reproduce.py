@@ -36,7 +36,7 @@ from common.cost_model import PROFILE_KEY
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.checkpoint import Checkpoint
-from server.results import SUMMARY_FILE
+from server.results import ROUNDS_FILE, SUMMARY_FILE
 from simulations.bench import (
     RUNS_DIR,
     BenchError,
@@ -336,6 +336,15 @@ def report_claim(
     folders = {
         seed: {arm.label: seed_dir(report_dir, seed) / arm.label for arm in claim.arms} for seed in seeds
     }
+    if not any(
+        (folder / ROUNDS_FILE).is_file() for by_label in folders.values() for folder in by_label.values()
+    ):
+        raise ConfigError(  # a report of nothing would overwrite the report that is there
+            "--output",
+            str(report_dir),
+            f"a folder holding runs of {claim.name} (runs/seed-<s>/<arm>/rounds.csv); it holds none",
+            what="option",
+        )
     notes = ["Written with --report-only: nothing was run by this call; unfinished runs are marked running."]
     return write_claim_report(into or report_dir, claim, folders, command, environment(), notes, full=full)
 

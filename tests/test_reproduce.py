@@ -225,6 +225,7 @@ def test_the_report_opens_with_the_answer():
         (["gibbs-90", "--seeds", "0,0"], "distinct integers"),
         (["gibbs-90", "--seeds", "a"], "distinct integers"),
         (["droppruning-lenet5", "--set", "train.lr=-1"], "'train.lr' = -1"),
+        (["gibbs-90", "--report-only"], "it holds none"),  # no report of nothing over one there
     ],
 )
 def test_reproduce_refuses_bad_input_with_one_line(tmp_path, args, expected):
