@@ -309,15 +309,13 @@ _WORKER: dict = {}
 
 
 def floor_mask(layout, floats: np.ndarray, density: float) -> np.ndarray:  # noqa: ANN001 - ModelLayout
-    """A mask keeping each prunable tensor's ``ceil(density * size)`` largest ``floats``, the rest whole."""
-    mask = layout.full_mask()
-    for tensor in layout.prunable:
-        values = np.abs(floats[tensor.slice])
-        keep = math.ceil(density * tensor.size)
-        kept = np.zeros(tensor.size, dtype=bool)
-        kept[np.argpartition(values, tensor.size - keep)[tensor.size - keep :]] = True
-        mask[tensor.slice] = kept
-    return mask
+    """A mask keeping each prunable tensor's largest ``floats`` at ``density``, the rest whole.
+
+    Magnitude pruning per layer (:func:`common.pruning.selection.keep_top`).
+    """
+    from common.pruning.selection import keep_top, magnitude_scores
+
+    return keep_top(magnitude_scores(floats), layout, density, scope="layer")
 
 
 def _floor_init(flat: dict, mask: np.ndarray | None) -> None:
@@ -390,6 +388,7 @@ def run_floor(config, timings: list[dict], density: float = 1.0) -> None:  # noq
     if kept is not None:
         floats = np.where(mask, floats, np.float32(0))  # the model evaluated: 0 where pruned
     values = floats if kept is None else floats[kept]
+    density = 1.0 if mask is None else layout.density(mask)
     evaluator = CentralEvaluator(config.model.name, dataset, config.train.loss)
     workers = min(
         config.simulation.num_clients, max(1, int((os.cpu_count() or 1) / config.simulation.client_cpus))
@@ -425,7 +424,7 @@ def run_floor(config, timings: list[dict], density: float = 1.0) -> None:  # noq
                     "wall_s": ended - started,
                     "evaluate_s": ended - evaluated,
                     "training_s": union_length([(r[3], r[4]) for r in results]),
-                    "density": 1.0 if mask is None else layout.density(mask),
+                    "density": density,
                 }
             )
 

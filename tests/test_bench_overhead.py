@@ -75,7 +75,7 @@ def test_bad_settings_are_named(extra, named):
 
 
 def test_the_pruned_floor_keeps_each_prunable_tensors_largest_weights():
-    """floor-pruned's mask, by hand: ceil(0.25 * 6) = 2 of the weight's 6 kept, the bias whole."""
+    """floor-pruned's mask, by hand: round(0.25 * 6) = 2 of the weight's 6 kept, the bias whole."""
     import numpy as np
     from torch import nn
 
