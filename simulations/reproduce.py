@@ -24,7 +24,6 @@ latest checkpoint (:func:`simulations.bench.plan_run`), and the report
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,7 +35,7 @@ from common.cost_model import PROFILE_KEY
 from common.pruning import METHODS
 from common.settings import ConfigError, flatten
 from server.checkpoint import Checkpoint
-from server.results import ROUNDS_FILE, SUMMARY_FILE
+from server.results import ROUNDS_FILE
 from simulations.bench import (
     RUNS_DIR,
     BenchError,
@@ -65,6 +64,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from simulations.bench import Runner
+    from simulations.report import RunRecord
 
 CLAIMS_PACKAGE = "simulations.claims"
 SOURCE_KEY = "pruning.rethinking.source"
@@ -349,22 +349,22 @@ def report_claim(
     return write_claim_report(into or report_dir, claim, folders, command, environment(), notes, full=full)
 
 
-def runs_commits(folders: dict[int, dict[str, Path]]) -> str:
+def runs_commits(folders: dict[int, dict[str, Path]], runs: dict[int, dict[str, RunRecord]]) -> str:
     """Which fedprune commit ran which run (each run's ``summary.json``): "c1 (seed 0 a, seed 1 b); c2 (...)".
 
     A claim's runs may come from several sessions and checkouts; the report's own
-    commit is only the one that wrote it.
+    commit is only the one that wrote it. ``runs`` are the runs of ``folders`` loaded.
     """
     by_commit: dict[str, list[str]] = {}
     for seed, by_label in folders.items():
-        for label, folder in by_label.items():
-            try:
-                summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-                commit = str(summary.get("environment", {}).get("fedprune", "unknown"))
-            except (OSError, ValueError, AttributeError):
+        for label in by_label:
+            run = runs.get(seed, {}).get(label)
+            if run is None or not run.summary:  # no summary.json: the run has not finished
                 commit = "not finished"
+            else:
+                commit = str((run.summary.get("environment") or {}).get("fedprune", "unknown"))
             by_commit.setdefault(commit, []).append(f"seed {seed} {label}")
-    return "; ".join(f"{commit} ({', '.join(runs)})" for commit, runs in by_commit.items()) or "none"
+    return "; ".join(f"{commit} ({', '.join(names)})" for commit, names in by_commit.items()) or "none"
 
 
 def write_claim_report(
@@ -408,7 +408,7 @@ def write_claim_report(
             f"### Seed {seed}\n\n" + markdown_table(rows, [], claim.bench.target) + "\n\n"
             "Share of the rounds' wall time per phase (measured):\n\n" + overhead_markdown(overheads)
         )
-    env = {**env, "Runs' fedprune commits": runs_commits(folders)}
+    env = {**env, "Runs' fedprune commits": runs_commits(folders, runs)}
     title = f"fedprune reproduce {claim.name}" + (" --full" if full else "")
     text = claim_markdown(
         title,
