@@ -18,6 +18,7 @@ no ResNet downsample convolution).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -199,9 +200,16 @@ class ModelLayout:
         return floats, ints
 
     def unflatten(self, floats: np.ndarray, ints: np.ndarray) -> dict[str, torch.Tensor]:
-        """Return a ``state_dict`` whose tensors are views of the flat vectors."""
-        source_floats = torch.from_numpy(np.ascontiguousarray(floats, dtype=np.float32))
-        source_ints = torch.from_numpy(np.ascontiguousarray(ints, dtype=np.int64))
+        """Return a ``state_dict`` whose tensors are views of the flat vectors.
+
+        Views of read-only vectors (a client's received model, see
+        ``client.app._thread_received``) are for reading, as ``load_state_dict`` does:
+        torch has no read-only tensors, and its warning that it has none is not shown.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            source_floats = torch.from_numpy(np.ascontiguousarray(floats, dtype=np.float32))
+            source_ints = torch.from_numpy(np.ascontiguousarray(ints, dtype=np.int64))
         state = {}
         for t in self.tensors:
             source = source_floats if t.is_float else source_ints

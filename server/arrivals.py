@@ -18,6 +18,11 @@ arrivals are still found by looking, every :data:`SIMULATION_INTERVAL_S` in a
 simulation and every :data:`DEPLOYMENT_INTERVAL_S` in a deployment, and not at
 all while the server is busy with an earlier reply (it looks again as soon as it
 is done).
+
+An in-memory grid's messages reach their Ray workers pickled, so the wrapper first
+drops from their arrays the chunk lists the byte measure left there, which would
+otherwise travel as a second copy of every array's data
+(:func:`common.wire.accounting.drop_chunk_lists`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.superlink.grid import InMemoryGrid
+
+from common.wire.accounting import drop_chunk_lists
 
 SIMULATION_INTERVAL_S = 0.005
 """Between looks at the simulation's in-memory link state: a query, well under 1% of a core."""
@@ -58,6 +65,7 @@ class ArrivingReplies(Grid):
     def __init__(self, grid: Grid, interval: float | None = None) -> None:
         self.grid = grid
         self.interval = pull_interval(grid) if interval is None else interval
+        self.pickles = isinstance(grid, InMemoryGrid)  # messages reach the nodes pickled
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -76,6 +84,10 @@ class ArrivingReplies(Grid):
         return self.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        if self.pickles:
+            messages = list(messages)
+            for message in messages:
+                drop_chunk_lists(message)
         return self.grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -90,7 +102,7 @@ class ArrivingReplies(Grid):
         ``timeout`` seconds (counted from now, as Flower's grids do): a reply that
         arrived while the server was busy with an earlier one is still collected.
         """
-        pending = set(self.grid.push_messages(messages))
+        pending = set(self.push_messages(messages))
         del messages  # the messages' buffers are not kept for the round
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         return self._arrivals(pending, deadline)

@@ -146,3 +146,17 @@ def array_chunks(array: Array) -> list[tuple[str, ArrayChunk]]:
         chunks.append((digest.hexdigest(), chunk))
     array.__dict__["_chunks"] = chunks
     return chunks
+
+
+def drop_chunk_lists(message: Message) -> None:
+    """Remove the chunk list Flower (and :func:`array_chunks`) keeps on each array of ``message``.
+
+    The list holds a view of every chunk of the array's data. Where a message is
+    pickled instead of sent as objects (Flower's simulation engine hands each message
+    to a Ray worker that way), the views are pickled too, as copies: a measured
+    dense Conv-2 broadcast crossed to each worker as 44 MB instead of 22. The
+    arrays' object ids stay cached; the list is cut again only if something asks
+    for the chunks.
+    """
+    for _, array in _named_arrays(message):
+        array.__dict__.pop("_chunks", None)
