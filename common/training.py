@@ -185,9 +185,7 @@ def _prunable_masks(
         part = mask[t.slice]
         if not part.all():
             parameter = named[t.name]
-            float_mask = torch.from_numpy(part.reshape(t.shape)).to(
-                device=parameter.device, dtype=torch.float32
-            )
+            float_mask = torch.from_numpy(part.reshape(t.shape).astype(np.float32)).to(parameter.device)
             pairs.append((parameter, float_mask))
     return pairs
 

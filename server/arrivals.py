@@ -60,12 +60,15 @@ class ArrivingReplies(Grid):
         The grid Flower gave the ServerApp; every other call goes to it unchanged.
     interval : float, optional
         Seconds between looks while no reply is waiting; :func:`pull_interval` by default.
+    pickles : bool, optional
+        Whether the messages reach their nodes pickled (Flower's simulation engine
+        hands them to Ray workers): by default, whether ``grid`` is an in-memory grid.
     """
 
-    def __init__(self, grid: Grid, interval: float | None = None) -> None:
+    def __init__(self, grid: Grid, interval: float | None = None, pickles: bool | None = None) -> None:
         self.grid = grid
         self.interval = pull_interval(grid) if interval is None else interval
-        self.pickles = isinstance(grid, InMemoryGrid)  # messages reach the nodes pickled
+        self.pickles = isinstance(grid, InMemoryGrid) if pickles is None else pickles
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)

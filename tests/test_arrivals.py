@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from ray import cloudpickle  # what Ray pickles a simulation's messages with
 
+from common.wire import measure_message
 from server.arrivals import DEPLOYMENT_INTERVAL_S, SIMULATION_INTERVAL_S, ArrivingReplies, pull_interval
 from server.phases import WAITING, PhaseClock
 from tests.inprocess_grid import InProcessGrid
@@ -82,3 +85,39 @@ def test_the_waits_pause_the_phase_that_consumes_the_replies():
 
 def test_a_grid_other_than_the_simulations_is_pulled_every_tenth_of_a_second():
     assert pull_interval(InProcessGrid(echo, 1)) == DEPLOYMENT_INTERVAL_S > SIMULATION_INTERVAL_S
+
+
+def _measured_message(grid: InProcessGrid) -> Message:
+    data = np.random.default_rng(0).bytes(1 << 20)
+    arrays = ArrayRecord({"values": Array("uint8", (len(data),), "fedprune.values.v1", data)})
+    message = grid.create_message(RecordDict({"arrays": arrays}), "train", 100, "1")
+    measure_message(message)  # cuts and hashes the chunks, and keeps them on the array
+    return message
+
+
+class StoringGrid(InProcessGrid):
+    """A link that stores what is pushed and delivers nothing, as the in-memory grid stores it."""
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        self.stored = list(messages)
+        return [m.metadata.message_id for m in self.stored]
+
+
+def test_a_message_that_reaches_its_node_pickled_carries_its_data_once():
+    grid = StoringGrid(echo, 1)
+    message = _measured_message(grid)
+    array = message.content.array_records["arrays"]["values"]
+    measured_id = array.object_id
+    assert len(cloudpickle.dumps(message)) > 2 * len(array.data)  # the chunk views pickle as a second copy
+    ArrivingReplies(grid, pickles=True).push_messages([message])
+    assert grid.stored == [message]
+    assert len(cloudpickle.dumps(message)) < len(array.data) + 10_000
+    assert array.object_id == measured_id  # the id stays; only the chunk list is gone
+
+
+def test_a_message_sent_as_objects_keeps_its_chunks_for_the_grid():
+    grid = StoringGrid(echo, 1)
+    message = _measured_message(grid)
+    chunks = message.content.array_records["arrays"]["values"].slice_array()
+    ArrivingReplies(grid).push_messages([message])  # not a simulation's grid: nothing is pickled
+    assert message.content.array_records["arrays"]["values"].slice_array() is chunks
