@@ -25,7 +25,6 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
-from flwr.superlink.grid import InMemoryGrid
 
 from common.allocator import keep_freed_memory
 from common.config import DATA_DIR_ENV, AppConfig
@@ -39,7 +38,7 @@ from common.pruning import MethodEnv
 from common.settings import ConfigError
 from common.task import TaskSpec, client_data
 
-from .arrivals import ArrivingReplies
+from .arrivals import ArrivingReplies, simulated
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .communication import CommunicationLog
 from .evaluation import CentralEvaluator
@@ -54,9 +53,6 @@ from .recorder import format_bytes
 from .results import CONFIG_FILE, INITIAL_PRUNING_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsWriter, RoundRow
 from .resumed import ResumedStrategy
 from .strategy import PruningFedAvg, task_record
-
-# Grids whose nodes register in partition order: Flower's simulation engine's (server/nodes.py)
-SIMULATION_GRIDS: tuple[type, ...] = (InMemoryGrid,)
 
 
 @dataclass(frozen=True)
@@ -280,7 +276,7 @@ def describes_lazily(config: AppConfig, grid: Grid) -> bool:
     return (
         fed.describe == "auto"
         and 0 < fed.clients_per_round < config.simulation.num_clients
-        and isinstance(grid, SIMULATION_GRIDS)
+        and simulated(grid)
     )
 
 

@@ -46,9 +46,19 @@ DEPLOYMENT_INTERVAL_S = 0.1
 """Between pulls from a SuperLink: one small gRPC call (Flower's own grid waits 3 s)."""
 
 
+SIMULATION_GRIDS: tuple[type, ...] = (InMemoryGrid,)
+"""Grids of Flower's simulation engine: replies looked for in memory, messages pickled to
+Ray workers, nodes registered in partition order (server/nodes.py)."""
+
+
+def simulated(grid: Grid) -> bool:
+    """Whether ``grid`` is one of Flower's simulation engine (:data:`SIMULATION_GRIDS`)."""
+    return isinstance(grid, SIMULATION_GRIDS)
+
+
 def pull_interval(grid: Grid) -> float:
     """How long to wait between looks for replies on ``grid``."""
-    return SIMULATION_INTERVAL_S if isinstance(grid, InMemoryGrid) else DEPLOYMENT_INTERVAL_S
+    return SIMULATION_INTERVAL_S if simulated(grid) else DEPLOYMENT_INTERVAL_S
 
 
 class ArrivingReplies(Grid):
@@ -68,7 +78,7 @@ class ArrivingReplies(Grid):
     def __init__(self, grid: Grid, interval: float | None = None, pickles: bool | None = None) -> None:
         self.grid = grid
         self.interval = pull_interval(grid) if interval is None else interval
-        self.pickles = isinstance(grid, InMemoryGrid) if pickles is None else pickles
+        self.pickles = simulated(grid) if pickles is None else pickles
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)

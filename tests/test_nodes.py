@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 import server.app
+import server.arrivals
 from client.app import app as client_app
 from common import keys
 from common.config import load_config
@@ -300,7 +301,7 @@ ROUND0_DESCRIBE = ("bytes_down", "bytes_up", "other_down", "other_up", "ratio_do
 
 @pytest.mark.parametrize("where", ["server", "client"])
 def test_a_lazily_described_run_trains_exactly_as_an_eager_one(tmp_path, monkeypatch, where):
-    monkeypatch.setattr(server.app, "SIMULATION_GRIDS", (RegisteringGrid,))
+    monkeypatch.setattr(server.arrivals, "SIMULATION_GRIDS", (RegisteringGrid,))
     overrides = [
         "simulation.num-clients=6",
         "federation.clients-per-round=2",  # draw(6, 2, 0, r) for r = 1, 2, 3: [2, 5], [0, 4], [2, 5]
